@@ -1,0 +1,159 @@
+"""Dual masking of VideoMAE V2: tube masking for the encoder, running-cell masking for the decoder.
+
+Both masks live on the cube-token grid (T, H, W) = (frames / 2, height / p, width / p); a token's
+index is (t·H + h)·W + w (time-major, then row, then column). In both masks 1 means removed.
+
+The model takes masks as three fixed-size, sorted index arrays (no boolean indexing on the device):
+
+    visible_idx  (B, N_vis)   tokens the encoder sees                  ViT-B 0.9/0.5: 160
+    query_idx    (B, N_query) tokens the decoder reconstructs           784
+    loss_idx     (B, N_loss)  positions *within query_idx* that are     704
+                              also removed by the encoder (the loss)
+
+This module is numpy in, numpy out and seeded by a `numpy.random.Generator`, so the data pipeline
+(dali_pipes) generates masks with the very same code the tests check.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MASK_KEYS = ("visible_idx", "query_idx", "loss_idx")
+
+
+def token_grid(num_frames: int, img_size: int, patch_size: int, tubelet_size: int = 2) -> tuple[int, int, int]:
+    """The (T, H, W) cube-token grid of a clip; rejects sizes that do not tile exactly."""
+    if num_frames % tubelet_size or img_size % patch_size:
+        raise ValueError(
+            f"a {num_frames}x{img_size}x{img_size} clip does not tile into {tubelet_size}x{patch_size}x{patch_size} "
+            f"cubes: num_frames must be a multiple of {tubelet_size} and img_size a multiple of {patch_size}"
+        )
+    side = img_size // patch_size
+    return num_frames // tubelet_size, side, side
+
+
+def _check_running_cell(grid: tuple[int, int, int], decoder_mask_ratio: float) -> int:
+    """Number of removed entries in the 2x2 cell; validates that the counts stay fixed."""
+    if decoder_mask_ratio not in (0, 0.25, 0.5, 0.75):
+        raise ValueError(f"decoder_mask_ratio must be one of 0, 0.25, 0.5, 0.75 (a 2x2 running cell), got {decoder_mask_ratio}")
+    t, h, w = grid
+    if decoder_mask_ratio > 0:
+        if h % 2 or w % 2:
+            raise ValueError(
+                f"running-cell masking tiles a 2x2 cell over the {h}x{w} token grid, which needs even sides; "
+                f"choose img_size so that img_size / patch_size is even, or set decoder_mask_ratio=0"
+            )
+        if t % 4:
+            # The cell cycles with period 4 in time; only whole cycles decode every position equally
+            # often, which is what keeps the loss-token count independent of the tube mask.
+            raise ValueError(
+                f"running-cell masking needs the number of time slices ({t} = num_frames / 2) to be a multiple "
+                f"of 4 so that every position is decoded equally often; use num_frames a multiple of 8, "
+                f"or set decoder_mask_ratio=0"
+            )
+    return int(4 * decoder_mask_ratio)
+
+
+def mask_counts(grid: tuple[int, int, int], encoder_mask_ratio: float = 0.9,
+                decoder_mask_ratio: float = 0.5) -> dict[str, int]:
+    """Fixed per-sample sizes of visible_idx, query_idx and loss_idx for a grid and ratios."""
+    t, h, w = grid
+    cell_removed = _check_running_cell(grid, decoder_mask_ratio)
+    kept_per_slice = h * w - int(encoder_mask_ratio * h * w)
+    if kept_per_slice < 1:
+        raise ValueError(f"encoder_mask_ratio {encoder_mask_ratio} leaves no visible token on a {h}x{w} grid")
+    num_visible = t * kept_per_slice
+    if decoder_mask_ratio == 0:
+        num_query = t * h * w - num_visible
+        return {"visible_idx": num_visible, "query_idx": num_query, "loss_idx": num_query}
+    num_query = t * h * w * (4 - cell_removed) // 4
+    # Each visible position is queried in (4 - removed)/4 of the slices, so this overlap is constant.
+    num_overlap = kept_per_slice * t * (4 - cell_removed) // 4
+    return {"visible_idx": num_visible, "query_idx": num_query, "loss_idx": num_query - num_overlap}
+
+
+def tube_mask(rng: np.random.Generator, batch_size: int, grid: tuple[int, int, int],
+              mask_ratio: float = 0.9) -> np.ndarray:
+    """Encoder mask (B, T·H·W) bool, True = removed: the same ⌊ratio·H·W⌋ positions in every slice."""
+    t, h, w = grid
+    num_masked = int(mask_ratio * h * w)
+    # argsort of uniform noise = a uniformly random permutation per sample, vectorised over the batch.
+    order = np.argsort(rng.random((batch_size, h * w)), axis=1)
+    spatial = np.zeros((batch_size, h * w), dtype=bool)
+    np.put_along_axis(spatial, order[:, :num_masked], True, axis=1)
+    return np.tile(spatial, (1, t))
+
+
+def running_cell_mask(phases: np.ndarray, grid: tuple[int, int, int], mask_ratio: float = 0.5) -> np.ndarray:
+    """Decoder mask (B, T·H·W) bool, True = not decoded, for per-sample phases φ ∈ {0, 1, 2, 3}.
+
+    The 2x2 cell holds a queue of int(4·ratio) ones then zeros in raster order; at slice t it is the
+    queue rolled by φ + t + 1: cell[k] = queue[(k + φ + t + 1) mod 4], tiled over the grid.
+    """
+    t, h, w = grid
+    cell_removed = _check_running_cell(grid, mask_ratio)
+    phases = np.asarray(phases, dtype=np.int64).reshape(-1)
+    queue = np.arange(4) < cell_removed                                   # (4,)
+    rows, cols = np.meshgrid(np.arange(h) % 2, np.arange(w) % 2, indexing="ij")
+    cell_pos = (2 * rows + cols).reshape(1, 1, h * w)                     # (1, 1, H·W)
+    shift = phases[:, None, None] + np.arange(t)[None, :, None] + 1       # (B, T, 1)
+    return queue[(cell_pos + shift) % 4].reshape(len(phases), t * h * w)
+
+
+def _as_numpy(mask: Any) -> np.ndarray:
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"masks must be (B, N) arrays, got shape {mask.shape}")
+    return mask.astype(bool)
+
+
+def _row_indices(selected: np.ndarray, name: str) -> np.ndarray:
+    counts = selected.sum(axis=1)
+    if len(counts) and (counts != counts[0]).any():
+        raise ValueError(
+            f"{name}: every sample must select the same number of tokens so the batch stays dense, "
+            f"got counts {sorted(set(counts.tolist()))}"
+        )
+    # A stable argsort puts the selected positions first, in ascending token order.
+    order = np.argsort(~selected, axis=1, kind="stable")
+    return order[:, : counts[0] if len(counts) else 0].astype(np.int64)
+
+
+def from_boolean(encoder_mask: Any, decoder_mask: Any = None) -> dict[str, Any]:
+    """Model mask inputs from boolean masks in the published convention.
+
+    encoder_mask: (B, N) bool, True = removed from the encoder input (the published `bool_masked_pos`).
+    decoder_mask: (B, N) bool, True = not decoded (the published `decode_masked_pos`), or None for
+        VideoMAE V1 behaviour: the decoder reconstructs every encoder-removed token.
+    Accepts numpy arrays or torch tensors; returns int64 index arrays of the same kind (torch tensors
+    on the encoder mask's device). Every sample must have the same counts.
+    """
+    as_torch = hasattr(encoder_mask, "detach")
+    device = encoder_mask.device if as_torch else None
+    removed = _as_numpy(encoder_mask)
+    query = ~_as_numpy(decoder_mask) if decoder_mask is not None else removed
+    if query.shape != removed.shape:
+        raise ValueError(f"encoder mask {removed.shape} and decoder mask {query.shape} differ in shape")
+    visible_idx = _row_indices(~removed, "encoder mask (visible tokens)")
+    query_idx = _row_indices(query, "decoder mask (query tokens)")
+    removed_at_query = np.take_along_axis(removed, query_idx, axis=1)
+    loss_idx = _row_indices(removed_at_query, "loss tokens (queried and encoder-removed)")
+    out = {"visible_idx": visible_idx, "query_idx": query_idx, "loss_idx": loss_idx}
+    if as_torch:
+        import torch
+
+        out = {k: torch.from_numpy(v).to(device) for k, v in out.items()}
+    return out
+
+
+def dual_masks(rng: np.random.Generator, batch_size: int, grid: tuple[int, int, int],
+               encoder_mask_ratio: float = 0.9, decoder_mask_ratio: float = 0.5) -> dict[str, np.ndarray]:
+    """Fresh tube masks and running-cell phases for a batch, as the model's index inputs (numpy)."""
+    encoder_mask = tube_mask(rng, batch_size, grid, encoder_mask_ratio)
+    if decoder_mask_ratio == 0:
+        return from_boolean(encoder_mask, None)
+    phases = rng.integers(0, 4, size=batch_size)
+    return from_boolean(encoder_mask, running_cell_mask(phases, grid, decoder_mask_ratio))
