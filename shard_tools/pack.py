@@ -1,0 +1,271 @@
+"""`pack(src, out, ...)`: turn a video collection into WebDataset shards + DALI indexes + manifest.
+
+Stages, each resumable:
+
+1. Parse SRC, resolve labels, drop duplicates (same file twice) -- cheap, redone every run.
+2. Per-video stage in a process pool (`stage.process_entry`): probe, then copy or transcode.
+   Each finished entry is saved under OUT/.staging/items/, so a rerun skips it.
+3. Plan: samples sorted by key, shuffled with `random.Random(seed)`, cut into shards in that
+   order whenever the next sample would push a shard past `shard_size` bytes. The plan is a pure
+   function of (inputs, arguments, seed), known only after stage 2 because transcoded sizes are.
+4. Write shards (in the pool too). A shard is kept from an earlier run when its done-marker in
+   OUT/.staging/shards/ lists the same keys and the tar and index on disk hash to the recorded
+   digests; otherwise it is rewritten. Tars and indexes are deterministic (shard.py), so a
+   resumed run is byte-identical to an uninterrupted one.
+5. skipped.jsonl, then manifest.json (the mark of a complete dataset), then OUT/.staging is
+   removed. Running the same command on a complete OUT does nothing.
+
+Arguments that change the output are recorded in OUT/.staging/args.json at the start and in the
+manifest; running with different ones on the same OUT is an error naming the differences.
+"""
+
+import glob
+import json
+import os
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from shard_tools import shard, stage
+from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
+from shard_tools.manifest import build_manifest, write_manifest, write_skipped
+from shard_tools.pool import run_pool
+from shard_tools.sources import make_key, parse_sources, read_label_map, resolve_labels
+from shard_tools.transcode import ENCODERS, check_encoder
+
+DEFAULT_SHARD_SIZE = 1_000_000_000
+
+
+class PackError(Exception):
+    """Bad arguments, an OUT from another run, or (with strict) any skipped input."""
+
+
+def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame_stride=1,
+         max_seconds=None, seed=0, shard_size=DEFAULT_SHARD_SIZE, prefix="train", root=None,
+         labels=None, path_column="path", label_column="label", workers=1, strict=False,
+         progress=True):
+    """Pack SRC into OUT and return a summary dict (see `_summary`).
+
+    labels: None (built from the inputs), a list of class names, or a label-map file path.
+    """
+    start = time.perf_counter()
+    args = _check_args(src=str(src), root=root, labels=labels, path_column=path_column,
+                       label_column=label_column, codec=codec, short_side=short_side, gop=gop,
+                       quality=quality, frame_stride=frame_stride, max_seconds=max_seconds,
+                       seed=seed, shard_size=shard_size, prefix=prefix)
+    out = Path(out)
+    done = _prepare_out(out, args)
+    if done is not None:
+        return _summary(out, done, start, resumed_shards=len(done["shards"]), input_bytes=0,
+                        num_videos=0)
+    staging = out / STAGING_DIR
+    for sub in ("items", "data", "shards"):
+        (staging / sub).mkdir(parents=True, exist_ok=True)
+
+    entries, skips, labels = _entries(args)
+    options = {k: args[k] for k in ("codec", "short_side", "gop", "quality", "frame_stride",
+                                    "max_seconds")}
+    outcomes = run_pool(stage.process_entry, [(e, options, str(staging)) for e in entries],
+                         workers, progress, "probe/transcode", unit="video",
+                         bytes_of=lambda o: o.get("source_bytes", 0))
+    samples = []
+    for outcome in outcomes:
+        if "skip" in outcome:
+            skips.append(outcome["skip"])
+        else:
+            samples.extend(outcome["samples"])
+    write_skipped(out / SKIPPED_NAME, skips)
+    if strict and skips:
+        reasons = Counter(s["reason"] for s in skips)
+        raise PackError(f"--strict: {len(skips)} inputs skipped ({dict(reasons)}); see "
+                        f"{out / SKIPPED_NAME}")
+    if not samples:
+        raise PackError(f"no packable video in {src} ({len(skips)} skipped, see "
+                        f"{out / SKIPPED_NAME})")
+
+    plan = plan_shards(samples, seed, shard_size)
+    names = [f"{prefix}-{i:06d}" for i in range(len(plan))]
+    todo = [i for i, name in enumerate(names) if not _shard_is_done(out, staging, name, plan[i])]
+    _remove_temporaries(out, prefix, keep=set(names))
+    run_pool(_write_planned_shard, [(str(out), str(staging), names[i], plan[i]) for i in todo],
+              workers, progress, "write shards", unit="shard", bytes_of=lambda r: r["bytes"])
+    shards = []
+    for name, shard_samples in zip(names, plan):
+        marker = json.loads((staging / "shards" / f"{name}.json").read_text(encoding="utf-8"))
+        shards.append({"tar": f"{name}.tar", "index": f"{name}.idx",
+                       "num_samples": len(shard_samples), "bytes": marker["bytes"]})
+    manifest = build_manifest(args, shards, samples, labels)
+    write_manifest(out / MANIFEST_NAME, manifest)
+    shutil.rmtree(staging)
+    return _summary(out, manifest, start, resumed_shards=len(names) - len(todo),
+                    input_bytes=sum(o.get("source_bytes", 0) for o in outcomes),
+                    num_videos=len(entries), skips=skips)
+
+
+def _check_args(**args):
+    codec = args["codec"]
+    if codec != "copy":
+        check_encoder(codec)
+    elif args["frame_stride"] != 1 or args["max_seconds"]:
+        raise PackError("--frame-stride and --max-seconds re-encode the video; --codec copy keeps "
+                        f"the stream as is. Add --codec vp9 (or one of {', '.join(ENCODERS)})")
+    for name, low in (("gop", 1), ("frame_stride", 1), ("shard_size", 1)):
+        if args[name] < low:
+            raise PackError(f"--{name.replace('_', '-')} must be at least {low}, got {args[name]}")
+    if args["max_seconds"] is not None and args["max_seconds"] <= 0:
+        raise PackError(f"--max-seconds must be positive, got {args['max_seconds']}")
+    if args["short_side"] is not None and args["short_side"] < 2:
+        raise PackError(f"--short-side must be at least 2, got {args['short_side']}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args["prefix"]):
+        raise PackError(f"--prefix {args['prefix']!r} may hold only letters, digits, _ and -")
+    if not Path(args["src"]).exists():
+        raise PackError(f"SRC {args['src']} does not exist; give a folder of videos, a list file "
+                        f"(`path label` per line) or a CSV with a header")
+    labels = args["labels"]
+    if isinstance(labels, (str, os.PathLike)):
+        if not Path(labels).is_file():
+            raise PackError(f"--labels {labels}: no such file (one class name per line)")
+        args["labels_resolved"] = read_label_map(labels)
+        args["labels"] = str(labels)
+    else:
+        args["labels_resolved"] = list(labels) if labels is not None else None
+        args["labels"] = args["labels_resolved"]
+    args["tool_version"] = TOOL_VERSION
+    return args
+
+
+def _prepare_out(out, args):
+    """Check OUT belongs to this run; return the manifest when OUT is already complete."""
+    manifest_path, args_path = out / MANIFEST_NAME, out / STAGING_DIR / "args.json"
+    recorded = None
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        recorded = manifest.get("args")
+    elif args_path.is_file():
+        recorded = json.loads(args_path.read_text(encoding="utf-8"))
+    elif out.is_dir() and any(p.name != STAGING_DIR for p in out.iterdir()):
+        raise PackError(f"OUT {out} is not empty and holds no vmae2-shard run; pick an empty "
+                        f"or new folder")
+    if recorded is not None and recorded != args:
+        diff = sorted(k for k in set(recorded) | set(args) if recorded.get(k) != args.get(k))
+        raise PackError(
+            f"OUT {out} was written by a run with different arguments ({', '.join(diff)}: "
+            + "; ".join(f"{k} was {recorded.get(k)!r}, now {args.get(k)!r}" for k in diff)
+            + "); rerun with the same arguments to resume, or choose a new OUT")
+    if manifest_path.is_file():
+        return manifest
+    (out / STAGING_DIR).mkdir(parents=True, exist_ok=True)
+    stage.write_json_atomic(args_path, args)
+    return None
+
+
+def _entries(args):
+    """Entries to process (dicts), the skips found before probing (labels, duplicates), and
+    the label map."""
+    entries = parse_sources(args["src"], args["root"], args["path_column"], args["label_column"])
+    labels, rejected = resolve_labels(entries, args["labels_resolved"])
+    skips = [{"source": e.source, "reason": "label-not-in-map", "detail": detail}
+             for e, detail in rejected]
+    rejected_ids = {id(e) for e, _ in rejected}
+    first_by_path, first_by_key, kept = {}, {}, []
+    for entry in entries:
+        if id(entry) in rejected_ids:
+            continue
+        real, key = os.path.realpath(entry.path), make_key(entry.source)
+        first = first_by_path.get(real) or first_by_key.get(key)
+        if first is not None:
+            skips.append({"source": entry.source, "reason": "duplicate",
+                          "detail": f"{entry.path} is the same input as {first!r}, packed once"})
+            continue
+        first_by_path[real], first_by_key[key] = entry.source, entry.source
+        kept.append({"source": entry.source, "path": entry.path, "key": key,
+                     "label": entry.label, "label_name": entry.label_name})
+    return kept, skips, labels
+
+
+def plan_shards(samples, seed, shard_size):
+    """Global shuffle (sorted keys, then `Random(seed)`) cut into shards of <= shard_size bytes."""
+    order = sorted(samples, key=lambda s: s["key"])
+    random.Random(seed).shuffle(order)
+    plan, current, current_bytes = [], [], 0
+    for sample in order:
+        size = (shard.member_bytes(sample["size"])
+                + shard.member_bytes(len(shard.sample_json(sample["meta"]))))
+        if current and current_bytes + size > shard_size:
+            plan.append(current)
+            current, current_bytes = [], 0
+        current.append(sample)
+        current_bytes += size
+    if current:
+        plan.append(current)
+    return plan
+
+
+def _shard_is_done(out, staging, name, samples):
+    marker_path = staging / "shards" / f"{name}.json"
+    tar_path, idx_path = out / f"{name}.tar", out / f"{name}.idx"
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if marker.get("keys") != [s["key"] for s in samples]:
+        return False
+    if not tar_path.is_file() or tar_path.stat().st_size != marker["bytes"]:
+        return False
+    return (shard.file_sha256(tar_path) == marker["sha256"]
+            and idx_path.is_file() and shard.file_sha256(idx_path) == marker["index_sha256"])
+
+
+def _write_planned_shard(out, staging, name, samples):
+    out = Path(out)
+    result = shard.write_shard([(s["key"], s["ext"], s["data"], s["meta"]) for s in samples],
+                               out / f"{name}.tar", out / f"{name}.idx")
+    result["keys"] = [s["key"] for s in samples]
+    stage.write_json_atomic(Path(staging) / "shards" / f"{name}.json", result)
+    return result
+
+
+def _remove_temporaries(out, prefix, keep):
+    """Drop torn `*.tmp` files and shards of this prefix that the plan does not name."""
+    for path in glob.glob(str(out / "*.tmp")):
+        os.remove(path)
+    for path in glob.glob(str(out / f"{prefix}-*.tar")) + glob.glob(str(out / f"{prefix}-*.idx")):
+        if Path(path).stem not in keep:
+            os.remove(path)
+
+
+def _summary(out, manifest, start, resumed_shards, input_bytes, num_videos, skips=None):
+    """Counts of the finished dataset; rates count the videos processed in this call."""
+    if skips is None:
+        skipped_path = Path(out) / SKIPPED_NAME
+        skips = ([json.loads(line) for line in skipped_path.read_text(encoding="utf-8").splitlines()]
+                 if skipped_path.is_file() else [])
+    seconds = time.perf_counter() - start
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "num_videos_processed": num_videos,
+        "num_shards": len(manifest["shards"]),
+        "total_bytes": manifest["total_bytes"],
+        "num_skipped": len(skips),
+        "skipped": dict(sorted(Counter(s["reason"] for s in skips).items())),
+        "codecs": manifest["codecs"],
+        "num_labels": len(manifest["labels"]),
+        "shards_reused": resumed_shards,
+        "seconds": seconds,
+        "videos_per_s": num_videos / seconds if seconds else 0.0,
+        "input_mb_per_s": input_bytes / 1e6 / seconds if seconds else 0.0,
+    }
+
+
+def format_summary(summary):
+    """One line for the end of `vmae2-shard pack`."""
+    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
+    return (f"packed {summary['num_samples']} samples into {summary['num_shards']} shards "
+            f"({summary['total_bytes'] / 1e6:.1f} MB, {summary['shards_reused']} kept from an "
+            f"earlier run) in {summary['seconds']:.1f} s: {summary['videos_per_s']:.1f} videos/s, "
+            f"{summary['input_mb_per_s']:.1f} MB/s in; skipped {summary['num_skipped']} "
+            f"({skipped}); codecs {summary['codecs']} -> {summary['out']}")
