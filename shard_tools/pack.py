@@ -46,21 +46,24 @@ class PackError(Exception):
 def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame_stride=1,
          max_seconds=None, seed=0, shard_size=DEFAULT_SHARD_SIZE, prefix="train", root=None,
          labels=None, path_column="path", label_column="label", workers=1, strict=False,
-         progress=True):
+         progress=True, provenance=None):
     """Pack SRC into OUT and return a summary dict (see `_summary`).
 
     labels: None (built from the inputs), a list of class names, or a label-map file path.
+    provenance: extra facts recorded with the arguments (e.g. synth's parameters); a rerun
+    must give the same. workers, strict and progress do not change the output.
     """
     start = time.perf_counter()
     args = _check_args(src=str(src), root=root, labels=labels, path_column=path_column,
                        label_column=label_column, codec=codec, short_side=short_side, gop=gop,
                        quality=quality, frame_stride=frame_stride, max_seconds=max_seconds,
-                       seed=seed, shard_size=shard_size, prefix=prefix)
+                       seed=seed, shard_size=shard_size, prefix=prefix, provenance=provenance)
     out = Path(out)
     done = _prepare_out(out, args)
     if done is not None:
-        return _summary(out, done, start, resumed_shards=len(done["shards"]), input_bytes=0,
-                        num_videos=0)
+        summary = _summary(out, done, start, resumed_shards=len(done["shards"]), input_bytes=0,
+                           num_videos=0)
+        return summary | {"already_complete": True}
     staging = out / STAGING_DIR
     for sub in ("items", "data", "shards"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
@@ -96,7 +99,8 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
     for name, shard_samples in zip(names, plan):
         marker = json.loads((staging / "shards" / f"{name}.json").read_text(encoding="utf-8"))
         shards.append({"tar": f"{name}.tar", "index": f"{name}.idx",
-                       "num_samples": len(shard_samples), "bytes": marker["bytes"]})
+                       "num_samples": len(shard_samples), "bytes": marker["bytes"],
+                       "sha256": marker["sha256"]})
     manifest = build_manifest(args, shards, samples, labels)
     write_manifest(out / MANIFEST_NAME, manifest)
     shutil.rmtree(staging)
@@ -246,6 +250,7 @@ def _summary(out, manifest, start, resumed_shards, input_bytes, num_videos, skip
     seconds = time.perf_counter() - start
     return {
         "out": str(out),
+        "already_complete": False,
         "num_samples": manifest["num_samples"],
         "num_videos_processed": num_videos,
         "num_shards": len(manifest["shards"]),
@@ -264,6 +269,10 @@ def _summary(out, manifest, start, resumed_shards, input_bytes, num_videos, skip
 def format_summary(summary):
     """One line for the end of `vmae2-shard pack`."""
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
+    if summary["already_complete"]:
+        return (f"{summary['out']} is already complete with these arguments: "
+                f"{summary['num_samples']} samples in {summary['num_shards']} shards; "
+                f"skipped {summary['num_skipped']} ({skipped})")
     return (f"packed {summary['num_samples']} samples into {summary['num_shards']} shards "
             f"({summary['total_bytes'] / 1e6:.1f} MB, {summary['shards_reused']} kept from an "
             f"earlier run) in {summary['seconds']:.1f} s: {summary['videos_per_s']:.1f} videos/s, "

@@ -11,13 +11,14 @@ as on Something-Something. Clip i of seed s is a pure function of (s, i, size, f
 OUT/.staging/synth-src/{class}/, and packs that folder with `--codec copy`.
 """
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from shard_tools.format import STAGING_DIR
-from shard_tools.pack import DEFAULT_SHARD_SIZE, pack
+from shard_tools.format import MANIFEST_NAME, STAGING_DIR
+from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, pack
 from shard_tools.pool import run_pool
 from shard_tools.transcode import ENCODERS, StreamWriter, check_encoder
 
@@ -128,13 +129,22 @@ def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=16
     The manifest's labels are CLASSES in order; clip i has label i % 8 before the shuffle.
     """
     check_encoder(codec)
+    provenance = {"synth": {"num_videos": num_videos, "codec": codec, "num_frames": num_frames,
+                            "width": width, "height": height, "fps": fps, "gop": gop}}
+    manifest_path = Path(out) / MANIFEST_NAME
+    if manifest_path.is_file():  # fail before generating anything when OUT is another set
+        recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["args"].get("provenance")
+        if recorded != provenance:
+            raise PackError(f"OUT {out} holds a dataset made with {recorded}, not {provenance}; "
+                            f"choose a new OUT")
     src = Path(out) / STAGING_DIR / "synth-src"
-    for name in CLASSES:
-        (src / name).mkdir(parents=True, exist_ok=True)
-    ext = ENCODERS[codec].ext
-    tasks = [(str(src / CLASSES[i % len(CLASSES)] / f"synth-{i:06d}.{ext}"), seed, i, codec,
-              num_frames, width, height, fps, gop) for i in range(num_videos)]
-    run_pool(write_clip, tasks, workers, progress, "synthesise", unit="video",
-             bytes_of=lambda size: size)
+    if not manifest_path.is_file():
+        for name in CLASSES:
+            (src / name).mkdir(parents=True, exist_ok=True)
+        ext = ENCODERS[codec].ext
+        tasks = [(str(src / CLASSES[i % len(CLASSES)] / f"synth-{i:06d}.{ext}"), seed, i, codec,
+                  num_frames, width, height, fps, gop) for i in range(num_videos)]
+        run_pool(write_clip, tasks, workers, progress, "synthesise", unit="video",
+                 bytes_of=lambda size: size)
     return pack(src, out, codec="copy", seed=seed, shard_size=shard_size, prefix=prefix,
-                labels=list(CLASSES), workers=workers, progress=progress)
+                labels=list(CLASSES), workers=workers, progress=progress, provenance=provenance)

@@ -1,0 +1,138 @@
+"""`vmae2-shard`: the command line. Commands only parse options and call the library."""
+
+import json
+import sys
+
+import click
+
+from shard_tools.format import FormatError
+from shard_tools.info import format_info, info
+from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, format_summary, pack
+from shard_tools.sources import SourceError
+from shard_tools.synth import make_synthetic
+from shard_tools.transcode import ENCODERS, TranscodeError
+from shard_tools.verify import verify
+
+CODECS = ["copy", *ENCODERS]
+
+
+def _fail(err):
+    click.echo(f"error: {err}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="vmae2", prog_name="vmae2-shard")
+def main():
+    """Pack video collections into DALI-ready WebDataset shards (shard_tools/FORMAT.md)."""
+
+
+def _shard_options(fn):
+    fn = click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True,
+                      help="Target shard size in bytes; a shard is cut before it would pass it.")(fn)
+    fn = click.option("--prefix", default="train", show_default=True,
+                      help="Shard name prefix: {prefix}-000000.tar.")(fn)
+    fn = click.option("--workers", type=int, default=1, show_default=True,
+                      help="Worker processes for probing, transcoding and writing shards.")(fn)
+    fn = click.option("--seed", type=int, default=0, show_default=True,
+                      help="Seed of the global shuffle (and of synthetic clips).")(fn)
+    fn = click.option("--no-progress", is_flag=True, help="Hide the progress bars.")(fn)
+    return fn
+
+
+@main.command("pack")
+@click.argument("src")
+@click.argument("out")
+@click.option("--root", default=None,
+              help="Folder prepended to relative paths of a list file or CSV.")
+@click.option("--labels", default=None,
+              help="Label map file: one class name per line (index = line number), or "
+                   "`name index` per line. Default: built from the inputs.")
+@click.option("--path-column", default="path", show_default=True, help="CSV column of paths.")
+@click.option("--label-column", default="label", show_default=True,
+              help="CSV column of labels (absent: unlabeled).")
+@click.option("--codec", type=click.Choice(CODECS), default="copy", show_default=True,
+              help="copy keeps streams the data engine decodes (others are skipped as "
+                   "unsupported-codec); any other value re-encodes (closed GOP, no B-frames, "
+                   "8-bit 4:2:0).")
+@click.option("--short-side", type=int, default=None,
+              help="Scale so the short side has this many pixels (transcode only).")
+@click.option("--gop", type=int, default=16, show_default=True,
+              help="Key frame every this many stored frames (transcode only).")
+@click.option("--quality", type=int, default=None,
+              help="CRF for vp9/h264/hevc, q:v for mjpeg (default: 32/23/28/4).")
+@click.option("--frame-stride", type=int, default=1, show_default=True,
+              help="Store every K-th source frame (transcode only); recorded in the manifest.")
+@click.option("--max-seconds", type=float, default=None,
+              help="Cut videos into clips of at most this many seconds (transcode only).")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) if any input is skipped.")
+@_shard_options
+def pack_command(src, out, root, labels, path_column, label_column, codec, short_side, gop,
+                 quality, frame_stride, max_seconds, strict, shard_size, prefix, workers, seed,
+                 no_progress):
+    """Pack SRC (a folder, a `path label` list file, or a CSV) into shards in OUT.
+
+    Rerunning the same command after an interruption keeps finished shards and redoes the rest.
+    """
+    try:
+        summary = pack(src, out, codec=codec, short_side=short_side, gop=gop, quality=quality,
+                       frame_stride=frame_stride, max_seconds=max_seconds, seed=seed,
+                       shard_size=shard_size, prefix=prefix, root=root, labels=labels,
+                       path_column=path_column, label_column=label_column, workers=workers,
+                       strict=strict, progress=not no_progress)
+    except (PackError, SourceError, TranscodeError) as err:
+        _fail(err)
+    click.echo(format_summary(summary))
+
+
+@main.command("verify")
+@click.argument("out")
+@click.option("--full", is_flag=True, help="Decode every clip, not one per shard.")
+def verify_command(out, full):
+    """Check OUT: tar <-> index <-> manifest consistency, members, and decoding with PyAV."""
+    report = verify(out, full=full)
+    for problem in report["problems"]:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(f"{report['shards']} shards, {report['samples']} samples, {report['decoded']} "
+               f"decoded: {len(report['problems'])} problems")
+    sys.exit(1 if report["problems"] else 0)
+
+
+@main.command("info")
+@click.argument("out")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_command(out, as_json):
+    """Counts, duration and resolution histograms, codec mix and labels of OUT."""
+    try:
+        summary = info(out)
+    except FormatError as err:
+        _fail(err)
+    click.echo(json.dumps(summary, indent=1) if as_json else format_info(summary))
+
+
+@main.command("synth")
+@click.argument("out")
+@click.option("--num-videos", type=int, required=True, help="Number of clips to generate.")
+@click.option("--codec", type=click.Choice(list(ENCODERS)), default="vp9", show_default=True,
+              help="Codec of the generated clips (vp9 decodes on DALI's CPU backend).")
+@click.option("--num-frames", type=int, default=64, show_default=True, help="Frames per clip.")
+@click.option("--width", type=int, default=160, show_default=True, help="Frame width.")
+@click.option("--height", type=int, default=128, show_default=True, help="Frame height.")
+@click.option("--fps", type=int, default=25, show_default=True, help="Frames per second.")
+@click.option("--gop", type=int, default=16, show_default=True, help="Key-frame interval.")
+@_shard_options
+def synth_command(out, num_videos, codec, num_frames, width, height, fps, gop, shard_size, prefix,
+                  workers, seed, no_progress):
+    """Generate the synthetic motion dataset (8 motion classes) and pack it into OUT."""
+    try:
+        summary = make_synthetic(out, num_videos, codec=codec, seed=seed, num_frames=num_frames,
+                                 width=width, height=height, fps=fps, gop=gop,
+                                 shard_size=shard_size, prefix=prefix, workers=workers,
+                                 progress=not no_progress)
+    except (PackError, TranscodeError) as err:
+        _fail(err)
+    click.echo(format_summary(summary))
+
+
+if __name__ == "__main__":
+    main()
