@@ -125,9 +125,6 @@ def _check_args(**args):
         raise PackError(f"--short-side must be at least 2, got {args['short_side']}")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args["prefix"]):
         raise PackError(f"--prefix {args['prefix']!r} may hold only letters, digits, _ and -")
-    if not Path(args["src"]).exists():
-        raise PackError(f"SRC {args['src']} does not exist; give a folder of videos, a list file "
-                        f"(`path label` per line) or a CSV with a header")
     labels = args["labels"]
     if isinstance(labels, (str, os.PathLike)):
         if not Path(labels).is_file():
@@ -161,6 +158,9 @@ def _prepare_out(out, args):
             + "); rerun with the same arguments to resume, or choose a new OUT")
     if manifest_path.is_file():
         return manifest
+    if not Path(args["src"]).exists():
+        raise PackError(f"SRC {args['src']} does not exist; give a folder of videos, a list file "
+                        f"(`path label` per line) or a CSV with a header")
     (out / STAGING_DIR).mkdir(parents=True, exist_ok=True)
     stage.write_json_atomic(args_path, args)
     return None
