@@ -1,0 +1,218 @@
+"""Training-step throughput of the model alone, on synthetic input already on the device.
+
+    python -m bench.step [--presets vit_b,vit_l] [--batch 128] [--json PATH]
+
+For each preset × decoder mask ratio × compile × activation checkpointing: clips/s, step time
+(median and spread over repeats, warm-up excluded, device synchronised around each step), peak
+memory, achieved TFLOP/s and MFU against a matmul peak measured in the same run (and the bf16
+datasheet peak where known). A step is forward + backward + AdamW update, bf16 autocast on a GPU,
+fp32 on the CPU. Dual-masking speedup and memory ratio are ratios within the same run.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import click
+import numpy as np
+import torch
+
+import vmae2
+from bench.env import device_label, environment, write_json
+from vmae2.flops import pretrain_flops
+from vmae2.masking import dual_masks
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s (1 multiply-add = 2 FLOPs).
+DATASHEET_BF16_TFLOPS = {"h100 80gb hbm3": 989.4, "h100 sxm": 989.4, "h200": 989.4, "h100 pcie": 756.0,
+                         "h100 nvl": 835.0, "a100": 312.0}
+PAPER = {"vit_b_speedup": 1.79, "vit_b_memory_M": (631, 328), "vit_g_speedup": 1.48}
+PAPER_VIDEOS_PER_GPU, NUM_SAMPLE = 32, 4
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, repeats: int = 10) -> float:
+    """Median TFLOP/s of a large square matmul: bf16 on a GPU, fp32 on the CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def datasheet_peak(env: dict) -> float | None:
+    name = (env.get("gpu") or "").lower()
+    return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
+
+
+def synthetic_batch(cfg, clips: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randint(0, 256, (clips, cfg.num_frames, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8, generator=g)
+    masks = dual_masks(np.random.default_rng(seed), clips, cfg.grid, cfg.encoder_mask_ratio, cfg.decoder_mask_ratio)
+    return video.to(device), {k: torch.from_numpy(v).to(device) for k, v in masks.items()}
+
+
+def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpointing: bool,
+            device: torch.device, warmup: int, repeats: int) -> dict:
+    """Time one configuration; raises torch.OutOfMemoryError when it does not fit."""
+    torch.manual_seed(0)
+    model = vmae2.build_pretrain_model(preset, decoder_mask_ratio=ratio, grad_checkpointing=checkpointing).to(device)
+    cfg = model.cfg
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    step_model = torch.compile(model) if compile_model else model
+    video, masks = synthetic_batch(cfg, clips, device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = step_model(video, masks)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    first_step_s = time.perf_counter() - t0                       # includes compilation
+    for _ in range(warmup - 1):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    fwd_flops = pretrain_flops(cfg, ratio)["total"]
+    return {
+        "preset": preset, "decoder_mask_ratio": ratio, "clips_per_step": clips, "compile": compile_model,
+        "activation_checkpointing": checkpointing, "step_s_median": median,
+        "step_s_p10": float(np.percentile(times, 10)), "step_s_p90": float(np.percentile(times, 90)),
+        "repeats": repeats, "first_step_s": first_step_s, "clips_per_s": clips / median,
+        # model FLOPs: forward + backward ≈ 3 × forward; ×2 converts multiply-adds to FLOPs
+        "model_tflops_per_s": 3 * 2 * fwd_flops * clips / median / 1e12,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
+    }
+
+
+def largest_batch(preset, ratio, compile_model, checkpointing, device, start: int, limit: int) -> int:
+    """Largest clips per step that fits, by doubling then bisection (GPU only)."""
+    fits, fails = 0, None
+    clips = start
+    while clips <= limit:
+        try:
+            measure(preset, ratio, clips, compile_model, checkpointing, device, warmup=1, repeats=1)
+            fits, clips = clips, clips * 2
+        except torch.OutOfMemoryError:
+            fails = clips
+            break
+        finally:
+            torch.cuda.empty_cache()
+    while fails is not None and fails - fits > max(8, fits // 8):
+        mid = (fits + fails) // 2
+        try:
+            measure(preset, ratio, mid, compile_model, checkpointing, device, warmup=1, repeats=1)
+            fits = mid
+        except torch.OutOfMemoryError:
+            fails = mid
+        finally:
+            torch.cuda.empty_cache()
+    return fits
+
+
+def parse_list(text: str, kind=str) -> list:
+    return [kind(x) for x in text.split(",") if x != ""]
+
+
+def on_off(text: str) -> list[bool]:
+    return [{"on": True, "off": False}[x] for x in parse_list(text)]
+
+
+@click.command(help=__doc__.split("\n\n")[0] + " See the module docstring for the method.")
+@click.option("--presets", default=None, help="Comma-separated presets [default: tiny on CPU, vit_b,vit_l on GPU].")
+@click.option("--ratios", default="0,0.5", show_default=True, help="Decoder mask ratios.")
+@click.option("--compile", "compile_modes", default="off,on", show_default=True, help="torch.compile off/on.")
+@click.option("--checkpointing", default="off,on", show_default=True, help="Activation checkpointing off/on.")
+@click.option("--batch", "batches", default=None,
+              help="Comma-separated clips per step [default: 8 on CPU; the paper's 32 videos x 4 = 128 on GPU].")
+@click.option("--max-batch/--no-max-batch", default=None, help="Also find the largest batch that fits [default: on GPU].")
+@click.option("--warmup", default=3, show_default=True, help="Untimed steps (the first includes compilation).")
+@click.option("--repeats", default=10, show_default=True, help="Timed steps; the median is quoted.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write rows and environment as JSON here.")
+def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warmup, repeats, json_path):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    presets = parse_list(presets or ("vit_b,vit_l" if gpu else "tiny"))
+    batches = parse_list(batches or (str(PAPER_VIDEOS_PER_GPU * NUM_SAMPLE) if gpu else "8"), int)
+    max_batch = gpu if max_batch is None else max_batch
+    env = environment()
+    peak = matmul_peak_tflops(device)
+    sheet = datasheet_peak(env)
+    click.echo(f"device {env.get('gpu', env['cpu'])}: measured matmul peak {peak:.1f} TFLOP/s"
+               + (f", datasheet bf16 {sheet} TFLOP/s" if sheet else ""))
+    rows = []
+    for preset in presets:
+        for ratio in parse_list(ratios, float):
+            for ckpt in on_off(checkpointing):
+                sizes = list(batches)
+                if max_batch and gpu:
+                    sizes.append(largest_batch(preset, ratio, False, ckpt, device, sizes[0], 4096))
+                for comp in on_off(compile_modes):
+                    for clips in dict.fromkeys(sizes):
+                        try:
+                            row = measure(preset, ratio, clips, comp, ckpt, device, warmup, repeats)
+                        except torch.OutOfMemoryError:
+                            click.echo(f"{preset} ratio={ratio} clips={clips} compile={comp} ckpt={ckpt}: out of memory")
+                            torch.cuda.empty_cache()
+                            continue
+                        row["mfu_measured_peak"] = row["model_tflops_per_s"] / peak
+                        row["mfu_datasheet"] = row["model_tflops_per_s"] / sheet if sheet else None
+                        row["largest_batch"] = clips == sizes[-1] and max_batch and gpu
+                        rows.append(row)
+                        mem = f"{row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] is not None else "-"
+                        click.echo(f"{preset:6} ratio={ratio:<4} clips={clips:<5} compile={comp!s:5} ckpt={ckpt!s:5} "
+                                   f"{row['step_s_median'] * 1e3:8.1f} ms  {row['clips_per_s']:8.1f} clips/s  "
+                                   f"{row['model_tflops_per_s']:7.2f} TFLOP/s  MFU {row['mfu_measured_peak']:.1%}  {mem}")
+    summary = dual_masking_summary(rows)
+    for r in summary:
+        mem = f", memory x{r['memory_ratio']:.2f}" if r["memory_ratio"] else ""
+        click.echo(f"dual vs encoder-only masking, {r['preset']} clips={r['clips_per_step']} compile={r['compile']} "
+                   f"ckpt={r['activation_checkpointing']}: {r['speedup']:.2f}x faster per step{mem}")
+    if json_path:
+        write_json(json_path, {"bench": "step", "env": env, "device_label": device_label(env),
+                               "matmul_peak_tflops": peak, "datasheet_bf16_tflops": sheet,
+                               "paper": PAPER, "rows": rows, "dual_masking": summary})
+        click.echo(f"wrote {json_path}")
+
+
+def dual_masking_summary(rows: list[dict]) -> list[dict]:
+    """Speedup and memory ratio of ratio 0.5 over ratio 0, for configurations measured both ways."""
+    def key(r):
+        return (r["preset"], r["clips_per_step"], r["compile"], r["activation_checkpointing"])
+    by_ratio = {(key(r), r["decoder_mask_ratio"]): r for r in rows}
+    out = []
+    for (k, ratio), dual in by_ratio.items():
+        base = by_ratio.get((k, 0.0))
+        if ratio != 0.5 or base is None:
+            continue
+        mem = (dual["peak_memory_gib"] / base["peak_memory_gib"]) if dual["peak_memory_gib"] and base["peak_memory_gib"] else None
+        out.append({"preset": k[0], "clips_per_step": k[1], "compile": k[2], "activation_checkpointing": k[3],
+                    "speedup": base["step_s_median"] / dual["step_s_median"], "memory_ratio": mem})
+    return out
+
+
+if __name__ == "__main__":
+    main()
