@@ -32,14 +32,32 @@ class ShardSet:
         return stored_stride(train_stride, self.frame_stride)
 
 
-def _index_samples(idx_path: Path) -> tuple[int, list[list[str]]]:
-    """(header count, [[ext, ...] per sample]) of a wds2idx v1.2 index."""
+def _index_samples(idx_path: Path) -> tuple[int, list[list[tuple[str, int, int, str]]]]:
+    """(header count, [[(ext, data offset, size, member name), ...] per sample]) of a wds2idx v1.2 index."""
     lines = idx_path.read_text(encoding="utf-8").splitlines()
     if not lines or len(lines[0].split()) != 2 or lines[0].split()[0] != "v1.2":
         raise DatasetError(f"{idx_path}: not a DALI webdataset index (v1.2); rebuild it with "
                            f"`wds2idx {idx_path.with_suffix('.tar')} {idx_path}` or repack")
-    exts = [line.split()[0::4] for line in lines[1:] if line.strip()]
-    return int(lines[0].split()[1]), exts
+    samples = []
+    for line in lines[1:]:
+        f = line.split()
+        if f:
+            samples.append([(f[i], int(f[i + 1]), int(f[i + 2]), f[i + 3]) for i in range(0, len(f) - 3, 4)])
+    return int(lines[0].split()[1]), samples
+
+
+def _check_index_matches_tar(tar: Path, idx: Path, samples) -> None:
+    """The first and last sample's members sit in the tar where the index says (cheap: 2 seeks each)."""
+    size = tar.stat().st_size
+    with open(tar, "rb") as f:
+        for members in (samples[0], samples[-1]):
+            for ext, offset, length, name in members:
+                f.seek(max(offset - 512, 0))
+                header_name = f.read(100).split(b"\0", 1)[0].decode("utf-8", "replace")
+                if offset < 512 or offset + length > size or header_name != name:
+                    raise DatasetError(f"{idx}: index says {name} is at byte {offset} of {tar.name}, but the tar "
+                                       f"holds {header_name or 'nothing'} there; the index does not belong to this "
+                                       f"shard: rebuild it with `wds2idx {tar} {idx}` or repack")
 
 
 def open_shards(data) -> ShardSet:
@@ -63,7 +81,8 @@ def open_shards(data) -> ShardSet:
         if "bytes" in shard and tar.stat().st_size != shard["bytes"]:
             raise DatasetError(f"{tar}: {tar.stat().st_size} bytes but the manifest says {shard['bytes']}; "
                                f"the shard was changed or truncated after packing; repack it")
-        count, exts = _index_samples(idx)
+        count, samples = _index_samples(idx)
+        exts = [[m[0] for m in members] for members in samples]
         if count != shard["num_samples"] or len(exts) != count:
             raise DatasetError(f"{idx}: index lists {len(exts)} samples (header {count}) but the manifest says "
                                f"{shard['num_samples']} for {shard['tar']}; the index does not belong to this "
@@ -72,6 +91,8 @@ def open_shards(data) -> ShardSet:
             if "json" not in sample_exts or not any(e in VIDEO_EXTS for e in sample_exts):
                 raise DatasetError(f"{idx}: sample {n} has members {sample_exts}, expected one of "
                                    f"{list(VIDEO_EXTS)} and json (FORMAT.md); repack the dataset")
+        if samples:
+            _check_index_matches_tar(tar, idx, samples)
         tars.append(str(tar))
         idxs.append(str(idx))
         total += count

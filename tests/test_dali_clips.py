@@ -11,6 +11,7 @@ box it shows (a straight-line fit of G over output columns and B over output row
 smooth, so 4:2:0 chroma subsampling and the codecs barely move them.
 
 Other test files import the helpers from here (pytest puts tests/ on sys.path).
+
 """
 from __future__ import annotations
 
@@ -77,47 +78,32 @@ def pyav_frames(path_or_bytes) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def make_shards(out: Path, lengths: list[int], codec: str = "vp9", samples_per_shard: int = 4,
-                frame_stride: int = 1, prefix: str = "train") -> dict:
-    """A tiny dataset in the vmae2-shard format (FORMAT.md): clip i has lengths[i] frames.
+def make_shards(out: Path, lengths: list[int], codec: str = "vp9", shard_size: int = 40_000) -> dict[str, dict]:
+    """A tiny dataset packed by shard_tools.pack (--codec copy) from self-describing clips.
 
-    Stands in for shard_tools.pack on self-describing clips (which no real source video is), and
-    writes the same members, index files and manifest.
+    Clip i has lengths[i] frames. Returns {sample key: its json metadata} read back from the shards.
     """
-    from wds2idx import IndexCreator
+    from shard_tools.pack import pack
 
-    out.mkdir(parents=True, exist_ok=True)
+    src = out.parent / f"{out.name}-src"
     ext = {"vp9": "webm", "mjpeg": "avi"}[codec]
-    shards, total = [], 0
-    for shard_no, first in enumerate(range(0, len(lengths), samples_per_shard)):
-        tar_name, idx_name = f"{prefix}-{shard_no:06d}.tar", f"{prefix}-{shard_no:06d}.idx"
-        with tarfile.open(out / tar_name, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(first, min(first + samples_per_shard, len(lengths))):
-                key = f"clip{i:03d}"
-                video = out / f".{key}.{ext}"
-                encode_clip(video, clip_frames(lengths[i]), codec)
-                meta = {"label": i % 3, "label_name": f"class{i % 3}", "source": f"synthetic/{key}",
-                        "fps": 25.0, "num_frames": lengths[i], "width": WIDTH, "height": HEIGHT,
-                        "duration": lengths[i] / 25.0, "codec": codec, "keyframe_interval": 8,
-                        "frame_stride": frame_stride, "clip_start": 0.0}
-                meta_path = out / f".{key}.json"
-                meta_path.write_text(json.dumps(meta))
-                tar.add(video, arcname=f"{key}.{ext}")
-                tar.add(meta_path, arcname=f"{key}.json")
-                video.unlink()
-                meta_path.unlink()
-        with IndexCreator(str(out / tar_name), str(out / idx_name), verbose=False) as creator:
-            creator.create_index()
-        count = min(samples_per_shard, len(lengths) - first)
-        size = (out / tar_name).stat().st_size
-        shards.append({"tar": tar_name, "index": idx_name, "num_samples": count, "bytes": size})
-        total += size
-    manifest = {"format": "vmae2-shards", "format_version": 1, "tool_version": "test", "args": {},
-                "num_samples": len(lengths), "total_bytes": total, "shards": shards,
-                "codecs": {codec: len(lengths)}, "labels": ["class0", "class1", "class2"],
-                "frame_stride": frame_stride, "max_seconds": None, "video_exts": [ext]}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
+    for i, n in enumerate(lengths):
+        folder = src / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        encode_clip(folder / f"clip{i:03d}.{ext}", clip_frames(n), codec)
+    pack(src, out, codec="copy", shard_size=shard_size, progress=False)
+    return shard_metadata(out)
+
+
+def shard_metadata(out: Path) -> dict[str, dict]:
+    """{key: json metadata} of every sample of a packed dataset."""
+    metas = {}
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    metas[member.name.split(".", 1)[0]] = json.loads(tar.extractfile(member).read())
+    return metas
 
 
 def frame_numbers(clip: np.ndarray) -> np.ndarray:
@@ -155,3 +141,11 @@ def test_clip_codes_survive_encoding(tmp_path, codec):
     assert (frame_numbers(decoded) == np.arange(20)).all()
     x0, y0, w, h = crop_box(decoded)
     assert abs(x0) < 1 and abs(y0) < 1 and abs(w - WIDTH) < 1 and abs(h - HEIGHT) < 1
+
+
+def test_packed_shards_keep_the_clips(tmp_path):
+    """shard_tools.pack --codec copy stores the clips unchanged, with the frame count the loader uses."""
+    metas = make_shards(tmp_path / "ds", [9, 30, 17, 12, 20], shard_size=20_000)
+    assert sorted(m["num_frames"] for m in metas.values()) == [9, 12, 17, 20, 30]
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 5 and len(manifest["shards"]) >= 2
