@@ -19,7 +19,7 @@ setup(
     ],
     extras_require={
         # apex is not on PyPI: build it from source for its fused optimizers; vmae2 works without it.
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "matplotlib>=3.7"],
         "bench": ["matplotlib>=3.7"],
         "tensorboard": ["tensorboard>=2.10"],
     },

@@ -1,0 +1,176 @@
+"""Gather the JSON of every bench into one report per device, with tables and PNG plots.
+
+    python -m bench.report [--reports bench/reports]
+
+Reads `bench/reports/<device>/*.json` (written by `python -m bench.NAME --json ...`) and writes
+`bench/reports/<device>/README.md` plus plots beside it. Every section is headed by the hardware,
+versions, git commit and command line its JSON recorded; no number is typed by hand.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import click
+
+ORDER = ["flops", "step", "loader", "e2e", "epoch", "pack"]
+TITLES = {"flops": "FLOPs per clip (`bench.flops`)", "step": "Training step, model alone (`bench.step`)",
+          "loader": "Data loader against the reference loader (`bench.loader`)",
+          "e2e": "End to end: shards → DALI → trainer (`bench.e2e`)",
+          "epoch": "Projected epoch time (`bench.epoch`)", "pack": "Packing shards (`bench.pack`)"}
+
+
+def load_reports(folder: str) -> dict[str, dict]:
+    """name -> payload for each JSON in a device folder; a bare list becomes {'rows': list}."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            payload = json.load(f)
+        if isinstance(payload, list):
+            payload = {"rows": payload}
+        name = payload.get("bench") or os.path.splitext(os.path.basename(path))[0]
+        out[name] = payload
+    return out
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)[:60]
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_no rows_\n"
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r if not isinstance(r.get(k), (list, dict))))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def env_header(env: dict | None) -> str:
+    if not env:
+        return "_environment not recorded_\n"
+    hw = env.get("gpu") or env.get("cpu")
+    parts = [f"hardware: {hw} ({env.get('cpu_count')} CPU cores)", f"driver {env['driver']}" if env.get("driver") else None,
+             f"torch {env.get('torch')}", f"DALI {env.get('dali')}" if env.get("dali") else None,
+             f"python {env.get('python')}", f"commit `{env.get('git_commit')}`", env.get("time_utc")]
+    text = "; ".join(p for p in parts if p)
+    if env.get("command"):
+        text += f"\n\n    {env['command']}"
+    return text + "\n"
+
+
+def plot_step(payload: dict, folder: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload.get("rows", [])
+    made = []
+    if not rows:
+        return made
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = {}
+    for r in rows:
+        label = f"{r['preset']} ratio {r['decoder_mask_ratio']} compile={r['compile']} ckpt={r['activation_checkpointing']}"
+        series.setdefault(label, []).append((r["clips_per_step"], r["clips_per_s"]))
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("clips per step")
+    ax.set_ylabel("clips/s")
+    ax.set_title("Throughput vs batch")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "step_throughput_vs_batch.png"), dpi=120)
+    plt.close(fig)
+    made.append("step_throughput_vs_batch.png")
+
+    summary = payload.get("dual_masking", [])
+    if summary:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        labels = [f"{s['preset']} b{s['clips_per_step']} c{int(s['compile'])} a{int(s['activation_checkpointing'])}" for s in summary]
+        ax.bar(labels, [s["speedup"] for s in summary], label="measured")
+        ax.axhline(1.79, color="k", linestyle="--", label="paper ViT-B 1.79x")
+        ax.set_ylabel("dual / encoder-only step speed")
+        ax.set_title("Dual vs encoder-only masking")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=6)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "dual_vs_encoder_only.png"), dpi=120)
+        plt.close(fig)
+        made.append("dual_vs_encoder_only.png")
+    return made
+
+
+def plot_loader(payload: dict, folder: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in payload.get("rows", []) if "clips_per_s" in r]
+    if not rows:
+        return []
+    label_keys = [k for k in ("loader", "pipeline", "codec", "workers", "threads", "num_threads") if any(k in r for r in rows)]
+    labels = [" ".join(f"{r[k]}" for k in label_keys if k in r) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(labels, [r["clips_per_s"] for r in rows])
+    ax.set_ylabel("clips/s")
+    ax.set_title("Loader vs reference loader")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "loader_vs_reference.png"), dpi=120)
+    plt.close(fig)
+    return ["loader_vs_reference.png"]
+
+
+PLOTS = {"step": plot_step, "loader": plot_loader}
+
+
+def render(folder: str) -> str:
+    reports = load_reports(folder)
+    device = os.path.basename(os.path.normpath(folder))
+    text = [f"# vmae2 benchmark report: {device}\n",
+            "Generated by `python -m bench.report` from the JSON files in this folder; rerun the command "
+            "under each section to reproduce it.\n"]
+    for name in sorted(reports, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        payload = reports[name]
+        text.append(f"## {TITLES.get(name, name)}\n")
+        text.append(env_header(payload.get("env")))
+        for key in ("notes", "summary_text"):
+            if payload.get(key):
+                text.append(payload[key] if isinstance(payload[key], str) else "\n".join(payload[key]))
+                text.append("")
+        for key, value in payload.items():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                text.append(f"**{key}**\n")
+                text.append(markdown_table(value))
+        for png in PLOTS.get(name, lambda *_: [])(payload, folder):
+            text.append(f"![{png}]({png})\n")
+    return "\n".join(text)
+
+
+@click.command(help="Gather bench JSON files into bench/reports/<device>/README.md with tables and PNG plots.")
+@click.option("--reports", default=os.path.join("bench", "reports"), show_default=True,
+              type=click.Path(file_okay=False), help="Folder holding one sub-folder of JSON files per device.")
+def main(reports):
+    folders = sorted(d for d in glob.glob(os.path.join(reports, "*")) if os.path.isdir(d) and glob.glob(os.path.join(d, "*.json")))
+    if not folders:
+        raise click.ClickException(f"no JSON reports under {reports}/<device>/; run e.g. "
+                                   f"`python -m bench.step --json {reports}/cpu/step.json` first")
+    for folder in folders:
+        path = os.path.join(folder, "README.md")
+        with open(path + ".tmp", "w") as f:
+            f.write(render(folder))
+        os.replace(path + ".tmp", path)
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The benches run end to end on the CPU and their reports hold what they measured (no timing asserts)."""
+import json
+
+from click.testing import CliRunner
+
+from bench import epoch, report, step
+
+
+def test_step_epoch_and_report_chain(tmp_path):
+    dev = tmp_path / "cpu"
+    runner = CliRunner()
+    result = runner.invoke(step.main, ["--presets", "tiny", "--ratios", "0,0.5", "--compile", "off",
+                                       "--checkpointing", "off", "--batch", "2", "--warmup", "1", "--repeats", "2",
+                                       "--json", str(dev / "step.json")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((dev / "step.json").read_text())
+    assert [r["decoder_mask_ratio"] for r in payload["rows"]] == [0.0, 0.5]
+    assert all(r["clips_per_s"] > 0 and r["repeats"] == 2 for r in payload["rows"])
+    assert payload["dual_masking"][0]["preset"] == "tiny" and payload["env"]["git_commit"]
+
+    result = runner.invoke(epoch.main, ["--step", str(dev / "step.json"), "--json", str(dev / "epoch.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((dev / "epoch.json").read_text())["rows"]
+    k400 = next(r for r in rows if r["dataset"] == "K400")
+    rate = payload["rows"][1]["clips_per_s"]
+    assert k400["clips_per_epoch"] == 960_000
+    assert abs(k400["hours_1gpu"] - 960_000 / rate / 3600) < 1e-6 * k400["hours_1gpu"]
+
+    result = runner.invoke(report.main, ["--reports", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = (dev / "README.md").read_text()
+    assert "Training step, model alone" in text and "Projected epoch time" in text
+    assert (dev / "step_throughput_vs_batch.png").stat().st_size > 1000
+    assert f"{payload['rows'][0]['clips_per_s']:.4g}" in text
+
+
+def test_report_without_json_fails_clearly(tmp_path):
+    result = CliRunner().invoke(report.main, ["--reports", str(tmp_path)])
+    assert result.exit_code != 0 and "no JSON reports" in result.output
