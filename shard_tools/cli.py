@@ -29,7 +29,8 @@ def main():
 
 def _shard_options(fn):
     fn = click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True,
-                      help="Target shard size in bytes; a shard is cut before it would pass it.")(fn)
+                      help="Target shard size in bytes; a shard is cut before it would pass "
+                           "it.")(fn)
     fn = click.option("--prefix", default="train", show_default=True,
                       help="Shard name prefix: {prefix}-000000.tar.")(fn)
     fn = click.option("--workers", type=int, default=1, show_default=True,

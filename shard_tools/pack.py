@@ -33,7 +33,7 @@ from shard_tools import shard, stage
 from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
 from shard_tools.manifest import build_manifest, write_manifest, write_skipped
 from shard_tools.pool import run_pool
-from shard_tools.sources import make_key, parse_sources, read_label_map, resolve_labels
+from shard_tools.sources import SourceError, make_key, parse_sources, read_label_map, resolve_labels
 from shard_tools.transcode import ENCODERS, check_encoder
 
 DEFAULT_SHARD_SIZE = 1_000_000_000
@@ -96,7 +96,7 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
     run_pool(_write_planned_shard, [(str(out), str(staging), names[i], plan[i]) for i in todo],
               workers, progress, "write shards", unit="shard", bytes_of=lambda r: r["bytes"])
     shards = []
-    for name, shard_samples in zip(names, plan):
+    for name, shard_samples in zip(names, plan, strict=True):
         marker = json.loads((staging / "shards" / f"{name}.json").read_text(encoding="utf-8"))
         shards.append({"tar": f"{name}.tar", "index": f"{name}.idx",
                        "num_samples": len(shard_samples), "bytes": marker["bytes"],
@@ -169,7 +169,11 @@ def _prepare_out(out, args):
 def _entries(args):
     """Entries to process (dicts), the skips found before probing (labels, duplicates), and
     the label map."""
-    entries = parse_sources(args["src"], args["root"], args["path_column"], args["label_column"])
+    try:
+        entries = parse_sources(args["src"], args["root"], args["path_column"],
+                                args["label_column"])
+    except SourceError as err:
+        raise PackError(str(err)) from err
     labels, rejected = resolve_labels(entries, args["labels_resolved"])
     skips = [{"source": e.source, "reason": "label-not-in-map", "detail": detail}
              for e, detail in rejected]
@@ -245,7 +249,8 @@ def _summary(out, manifest, start, resumed_shards, input_bytes, num_videos, skip
     """Counts of the finished dataset; rates count the videos processed in this call."""
     if skips is None:
         skipped_path = Path(out) / SKIPPED_NAME
-        skips = ([json.loads(line) for line in skipped_path.read_text(encoding="utf-8").splitlines()]
+        lines = skipped_path.read_text(encoding="utf-8").splitlines()
+        skips = ([json.loads(line) for line in lines]
                  if skipped_path.is_file() else [])
     seconds = time.perf_counter() - start
     return {

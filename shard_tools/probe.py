@@ -61,7 +61,7 @@ def container_ext(format_name, path):
 def keyframe_interval(key_positions, num_frames):
     """Largest gap between key frames, counting the stretch from the last key frame to the end."""
     bounds = sorted(key_positions) + [num_frames]
-    return max((b - a for a, b in zip(bounds, bounds[1:])), default=num_frames)
+    return max((b - a for a, b in zip(bounds, bounds[1:], strict=False)), default=num_frames)
 
 
 def check_file(path):

@@ -22,7 +22,7 @@ def member_bytes(size):
 
 
 def sample_json(meta):
-    """The sample's `json` member: sorted keys, UTF-8, so identical metadata gives identical bytes."""
+    """The sample's `json` member: sorted keys and UTF-8, so equal metadata gives equal bytes."""
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 

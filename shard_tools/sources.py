@@ -56,9 +56,13 @@ def parse_sources(src, root=None, path_column="path", label_column="label"):
     """Entries of SRC in file order (folder: sorted paths)."""
     src_path = Path(src)
     if not src_path.exists():
-        raise SourceError(f"SRC {src} does not exist; give a folder of videos, a list file or a CSV")
+        raise SourceError(f"SRC {src} does not exist; give a folder of videos, a list file or a "
+                          f"CSV")
     if src_path.is_dir():
         return _parse_folder(src_path)
+    if src_path.suffix.lower() in FOLDER_VIDEO_EXTS:
+        raise SourceError(f"SRC {src} is a single video; give the folder that holds it, or a list "
+                          f"file naming it")
     if src_path.suffix.lower() == ".csv":
         return _parse_csv(src_path, root, path_column, label_column)
     return _parse_list(src_path, root)
@@ -86,8 +90,12 @@ def _is_int(text):
 
 def _parse_list(list_path, root):
     entries = []
-    lines = list_path.read_text(encoding="utf-8").splitlines()
-    for line_no, line in enumerate(lines, 1):
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{list_path}: not a UTF-8 text list file ({err}); give a folder, a "
+                          f"`path label` list file or a CSV") from err
+    for line in lines:
         line = line.strip()
         if not line or line.startswith("#"):
             continue

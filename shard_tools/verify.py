@@ -54,7 +54,7 @@ def verify(out, full=False):
         if index_text is None:
             continue
         try:
-            for n, (key, ext, video, meta) in enumerate(
+            for n, (key, _, video, meta) in enumerate(
                     iter_samples(tar_path, index_text=index_text)):
                 keys[key] += 1
                 report["samples"] += 1
@@ -87,7 +87,8 @@ def _check_tar(tar_path, idx_path, entry):
     except (tarfile.TarError, OSError, ValueError) as err:
         return problems + [f"{tar_path}: not a readable tar ({err}); repack OUT"], None
     if not idx_path.is_file():
-        problems.append(f"{idx_path}: missing index; rebuild it with `wds2idx {tar_path}` or repack")
+        problems.append(f"{idx_path}: missing index; rebuild it with `wds2idx {tar_path}` or "
+                        f"repack")
     elif idx_path.read_text(encoding="utf-8") != expected_index:
         problems.append(f"{idx_path}: stale index, does not match {tar_path.name}; rebuild it "
                         f"with `wds2idx {tar_path}` or repack")
