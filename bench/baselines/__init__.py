@@ -1,0 +1,1 @@
+"""Baselines that benchmarks compare against: the published recipe's loader."""
