@@ -37,3 +37,18 @@ def test_step_epoch_and_report_chain(tmp_path):
 def test_report_without_json_fails_clearly(tmp_path):
     result = CliRunner().invoke(report.main, ["--reports", str(tmp_path)])
     assert result.exit_code != 0 and "no JSON reports" in result.output
+
+
+def test_e2e_runs_the_real_loop_on_synthetic_shards(tmp_path):
+    from bench import e2e
+    from shard_tools.synth import make_synthetic
+
+    make_synthetic(tmp_path / "shards", 4, num_frames=24, width=80, height=64, progress=False)
+    result = CliRunner().invoke(e2e.main, ["--data", str(tmp_path / "shards"), "--steps", "4",
+                                           "--set", "model.img_size=56", "--set", "batch_videos_per_gpu=1",
+                                           "--set", "num_sample=2", "--json", str(tmp_path / "e2e.json")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "e2e.json").read_text())["rows"][0]
+    assert row["clips_per_step"] == 2 and row["codecs"] == "vp9" and row["steps"] == 4
+    assert row["clips_per_s"] > 0 and 0 <= row["data_wait_frac"] <= 1
+    assert row["final_loss"] == row["final_loss"]                 # finite, not NaN
