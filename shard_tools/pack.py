@@ -32,7 +32,7 @@ from pathlib import Path
 from shard_tools import shard, stage
 from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
 from shard_tools.manifest import build_manifest, write_manifest, write_skipped
-from shard_tools.pool import run_pool
+from shard_tools.pool import run_pool, worker_pool
 from shard_tools.sources import SourceError, make_key, parse_sources, read_label_map, resolve_labels
 from shard_tools.transcode import ENCODERS, check_encoder
 
@@ -68,33 +68,35 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
     for sub in ("items", "data", "shards"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
 
-    entries, skips, labels = _entries(args)
-    options = {k: args[k] for k in ("codec", "short_side", "gop", "quality", "frame_stride",
-                                    "max_seconds")}
-    outcomes = run_pool(stage.process_entry, [(e, options, str(staging)) for e in entries],
-                         workers, progress, "probe/transcode", unit="video",
-                         bytes_of=lambda o: o.get("source_bytes", 0))
-    samples = []
-    for outcome in outcomes:
-        if "skip" in outcome:
-            skips.append(outcome["skip"])
-        else:
-            samples.extend(outcome["samples"])
-    write_skipped(out / SKIPPED_NAME, skips)
-    if strict and skips:
-        reasons = Counter(s["reason"] for s in skips)
-        raise PackError(f"--strict: {len(skips)} inputs skipped ({dict(reasons)}); see "
-                        f"{out / SKIPPED_NAME}")
-    if not samples:
-        raise PackError(f"no packable video in {src} ({len(skips)} skipped, see "
-                        f"{out / SKIPPED_NAME})")
+    with worker_pool(workers) as pool:
+        entries, skips, labels = _entries(args)
+        options = {k: args[k] for k in ("codec", "short_side", "gop", "quality", "frame_stride",
+                                        "max_seconds")}
+        outcomes = run_pool(stage.process_entry, [(e, options, str(staging)) for e in entries],
+                             pool, progress, "probe/transcode", unit="video",
+                             bytes_of=lambda o: o.get("source_bytes", 0))
+        samples = []
+        for outcome in outcomes:
+            if "skip" in outcome:
+                skips.append(outcome["skip"])
+            else:
+                samples.extend(outcome["samples"])
+        write_skipped(out / SKIPPED_NAME, skips)
+        if strict and skips:
+            reasons = Counter(s["reason"] for s in skips)
+            raise PackError(f"--strict: {len(skips)} inputs skipped ({dict(reasons)}); see "
+                            f"{out / SKIPPED_NAME}")
+        if not samples:
+            raise PackError(f"no packable video in {src} ({len(skips)} skipped, see "
+                            f"{out / SKIPPED_NAME})")
 
-    plan = plan_shards(samples, seed, shard_size)
-    names = [f"{prefix}-{i:06d}" for i in range(len(plan))]
-    todo = [i for i, name in enumerate(names) if not _shard_is_done(out, staging, name, plan[i])]
-    _remove_temporaries(out, prefix, keep=set(names))
-    run_pool(_write_planned_shard, [(str(out), str(staging), names[i], plan[i]) for i in todo],
-              workers, progress, "write shards", unit="shard", bytes_of=lambda r: r["bytes"])
+        plan = plan_shards(samples, seed, shard_size)
+        names = [f"{prefix}-{i:06d}" for i in range(len(plan))]
+        todo = [i for i, name in enumerate(names)
+                if not _shard_is_done(out, staging, name, plan[i])]
+        _remove_temporaries(out, prefix, keep=set(names))
+        run_pool(_write_planned_shard, [(str(out), str(staging), names[i], plan[i]) for i in todo],
+                 pool, progress, "write shards", unit="shard", bytes_of=lambda r: r["bytes"])
     shards = []
     for name, shard_samples in zip(names, plan, strict=True):
         marker = json.loads((staging / "shards" / f"{name}.json").read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ import numpy as np
 
 from shard_tools.format import MANIFEST_NAME, STAGING_DIR
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, pack
-from shard_tools.pool import run_pool
+from shard_tools.pool import run_pool, worker_pool
 from shard_tools.transcode import ENCODERS, StreamWriter, check_encoder
 
 CLASSES = ("translate_left", "translate_right", "translate_up", "translate_down",
@@ -144,7 +144,8 @@ def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=16
         ext = ENCODERS[codec].ext
         tasks = [(str(src / CLASSES[i % len(CLASSES)] / f"synth-{i:06d}.{ext}"), seed, i, codec,
                   num_frames, width, height, fps, gop) for i in range(num_videos)]
-        run_pool(write_clip, tasks, workers, progress, "synthesise", unit="video",
-                 bytes_of=lambda size: size)
+        with worker_pool(workers) as pool:
+            run_pool(write_clip, tasks, pool, progress, "synthesise", unit="video",
+                     bytes_of=lambda size: size)
     return pack(src, out, codec="copy", seed=seed, shard_size=shard_size, prefix=prefix,
                 labels=list(CLASSES), workers=workers, progress=progress, provenance=provenance)
