@@ -129,10 +129,13 @@ def probe(path, decode=True):
     try:
         codec = stream.codec_context.name
         fps = stream_fps(stream)
-        key_positions, num_frames, decoded = [], 0, 0
+        key_positions, num_frames, decoded, data_end = [], 0, 0, 0.0
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux():  # every stream: a cut file ends them all early
                 if packet.size == 0:
+                    continue
+                data_end = max(data_end, _packet_end(packet))
+                if packet.stream.index != stream.index:
                     continue
                 if packet.is_keyframe:
                     key_positions.append(num_frames)
@@ -146,7 +149,7 @@ def probe(path, decode=True):
                                          f"({err})") from err
         if num_frames == 0 or (decode and decoded == 0):
             raise SkipInput("truncated", f"{path}: the video stream holds no decodable frame")
-        _check_declared_length(path, container, stream, num_frames, fps)
+        _check_declared_length(path, container, stream, num_frames, fps, data_end)
         width, height = stream.codec_context.width, stream.codec_context.height
         frames = decoded if decode else num_frames
         return VideoInfo(
@@ -160,11 +163,27 @@ def probe(path, decode=True):
         container.close()
 
 
-def _check_declared_length(path, container, stream, num_frames, fps):
-    """A container that declares more frames (or a longer duration) than it holds is cut off."""
+def _packet_end(packet):
+    """End time in seconds of a packet (0 when it carries no timestamp)."""
+    start = packet.pts if packet.pts is not None else packet.dts
+    if start is None or packet.time_base is None:
+        return 0.0
+    return float((start + (packet.duration or 0)) * packet.time_base)
+
+
+def _check_declared_length(path, container, stream, num_frames, fps, data_end):
+    """A container that declares more than it holds is cut off.
+
+    Two checks: the video stream's declared frame count (MP4, AVI) against the frames present,
+    and the container's duration (the longest of its streams) against the end of the last packet
+    of any stream -- so a good video beside a longer audio track is not mistaken for a cut one.
+    """
     declared = stream.frames
-    if not declared and container.duration and fps:
-        declared = int(round(container.duration / av.time_base * fps))
     if declared and num_frames < declared - max(2, declared // 50):
         raise SkipInput("truncated", f"{path}: the container declares {declared} frames "
                                      f"but only {num_frames} are present")
+    if container.duration and data_end:
+        duration = container.duration / av.time_base
+        if data_end < duration - max(2 / float(fps), duration / 50):
+            raise SkipInput("truncated", f"{path}: the container declares {duration:.2f} s but "
+                                         f"its data ends at {data_end:.2f} s")

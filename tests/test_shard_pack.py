@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -37,18 +36,46 @@ def make_clip(path, codec="libvpx-vp9", container=None, num_frames=12, size=(32,
     return Path(path)
 
 
+def _mux_audio(out, stream, num_frames):
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                       layout="mono")
+    frame.sample_rate = 16000
+    for i in range(num_frames):
+        frame.pts = i * 1024
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
 def make_audio(path):
     with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+        _mux_audio(out, out.add_stream("aac", rate=16000), 8)
+
+
+def make_clip_with_long_audio(path, num_frames=12, audio_seconds=3.0):
+    """A WebM whose Opus track runs seconds past the end of its VP9 video."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libvpx-vp9", rate=25)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        audio = out.add_stream("libopus", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt",
                                            layout="mono")
-        frame.sample_rate = 16000
-        for i in range(8):
-            frame.pts = i * 1024
-            for packet in stream.encode(frame):
+        frame.sample_rate = 48000
+        for i in range(int(audio_seconds * 50)):
+            if i % 2 == 0 and i // 2 < num_frames:
+                image = np.full((24, 32, 3), 10 * i % 255, np.uint8)
+                for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    out.mux(packet)
+            if i == 2 * num_frames:
+                for packet in video.encode():
+                    out.mux(packet)
+            frame.pts = i * 960
+            for packet in audio.encode(frame):
                 out.mux(packet)
-        for packet in stream.encode():
+        for packet in audio.encode():
             out.mux(packet)
+    return Path(path)
 
 
 def decode_frames(data_or_path):
@@ -244,9 +271,13 @@ def bad_inputs(tmp_path):
     make_audio(d / "sound.m4a")
     make_clip(d / "mpeg2.mkv", "mpeg2video", "matroska")
     (d / "a folder.webm").mkdir()
+    make_clip_with_long_audio(d / "long audio.webm")
+    whole = make_clip_with_long_audio(d / "cut av.webm", num_frames=60).read_bytes()
+    (d / "cut av.webm").write_bytes(whole[: len(whole) // 2])
     lines = ["good one.webm cat", "other good.webm dog", "cut.webm cat", "empty.mp4 cat",
              "text.mp4 cat", "sound.m4a cat", "mpeg2.mkv cat", "a folder.webm cat",
-             "gone.webm cat", "good one.webm cat", "other good.webm zebra"]
+             "gone.webm cat", "good one.webm cat", "other good.webm zebra", "long audio.webm dog",
+             "cut av.webm dog"]
     (d / "list.txt").write_text("\n".join(lines) + "\n")
     (d / "labels.txt").write_text("cat\ndog\n")
     return d
@@ -262,22 +293,24 @@ def test_every_bad_input_is_skipped_with_its_reason_and_good_videos_survive(bad_
         ("sound.m4a", "audio-only"), ("mpeg2.mkv", "unsupported-codec"),
         ("a folder.webm", "unreadable"), ("gone.webm", "missing"),
         ("good one.webm", "duplicate"), ("other good.webm", "label-not-in-map"),
+        ("cut av.webm", "truncated"),
     }
     assert all(s["detail"] for s in skipped)
     assert "--codec vp9" in next(s["detail"] for s in skipped if s["source"] == "mpeg2.mkv")
-    assert summary["num_skipped"] == 9 and summary["skipped"]["duplicate"] == 1
+    assert summary["num_skipped"] == 10 and summary["skipped"]["duplicate"] == 1
     metas = [m for _, _, _, m in all_samples(tmp_path / "out")]
-    assert sorted((m["source"], m["label_name"]) for m in metas) == [("good one.webm", "cat"),
-                                                                     ("other good.webm", "dog")]
+    assert sorted((m["source"], m["label_name"]) for m in metas) == [
+        ("good one.webm", "cat"), ("long audio.webm", "dog"), ("other good.webm", "dog")]
+    assert next(m["num_frames"] for m in metas if m["source"] == "long audio.webm") == 12
     assert read_manifest(tmp_path / "out")["labels"] == ["cat", "dog"]
 
 
 def test_strict_turns_a_skip_into_a_failure(bad_inputs, tmp_path):
-    with pytest.raises(PackError, match="--strict: 9 inputs skipped"):
+    with pytest.raises(PackError, match="--strict: 10 inputs skipped"):
         pack(bad_inputs / "list.txt", tmp_path / "out", root=str(bad_inputs),
              labels=str(bad_inputs / "labels.txt"), strict=True, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
-    assert len((tmp_path / "out" / "skipped.jsonl").read_text().splitlines()) == 9
+    assert len((tmp_path / "out" / "skipped.jsonl").read_text().splitlines()) == 10
 
 
 def test_bad_arguments_get_clear_errors(collection, tmp_path, monkeypatch):
