@@ -106,7 +106,10 @@ class PretrainLoader:
 
     def _next_parameters(self):
         """External-source callback of the clip pipeline: one batch from the sampling pipeline."""
-        outputs = self._sampler.run()
+        try:
+            outputs = self._sampler.run()
+        except Exception as err:  # the reader or the sampler (its message names the source or file)
+            raise RuntimeError(f"reading samples from {self.shards.root} failed: {err}") from err
         named = dict(zip((*CLIP_INPUTS, "meta"), outputs))
         sources = [named["meta"][i].source_info() for i in range(len(named["meta"]))]
         self._pending.append({"sources": sources, "encoded": named["encoded"],
