@@ -1,0 +1,27 @@
+"""The batch contract: a dali_pipes batch goes straight into vmae2's pre-training forward."""
+from __future__ import annotations
+
+import torch
+from test_dali_clips import make_shards
+
+import dali_pipes
+from vmae2.config import model_config
+from vmae2.masking import mask_counts, token_grid
+from vmae2.model import VideoMAEv2
+
+
+def test_loader_batch_feeds_the_tiny_model(tmp_path):
+    out = tmp_path / "ds"
+    make_shards(out, [20, 24], shard_size=10 ** 9)
+    cfg = model_config("tiny")  # 16 frames × 112², patch 14 → grid (8, 8, 8)
+    loader = dali_pipes.pretrain_loader(out, 2, num_sample=2, num_frames=16, img_size=112, device="cpu",
+                                        stride=1, patch_size=cfg.patch_size, num_threads=2)
+    batch = next(iter(loader))
+    counts = mask_counts(token_grid(16, 112, cfg.patch_size))
+    assert batch["video"].shape == (4, 16, 112, 112, 3)
+    assert {k: v.shape[1] for k, v in batch["masks"].items()} == counts
+    torch.manual_seed(0)
+    model = VideoMAEv2(cfg)
+    loss, pred = model(batch["video"], batch["masks"])
+    assert torch.isfinite(loss) and pred.shape[:2] == (4, counts["query_idx"])
+    loss.backward()
