@@ -46,8 +46,3 @@ def clip_pipeline(cfg: SamplingConfig, device: str, source):
         extras = [x.gpu() for x in extras]
     return (video, *extras)
 
-
-def sampling_outputs_layout() -> tuple[str, ...]:
-    """Names of the sampling pipeline's outputs, in order (the clip inputs, then the json member)."""
-    return (*CLIP_INPUTS, "meta")
-
