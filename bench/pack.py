@@ -147,8 +147,11 @@ def main(num_videos, num_frames, size, workers_list, repeats, json_path, md_path
     env["command"] = " ".join(["python -m bench.pack", *sys.argv[1:]])
     json_path = json_path or os.path.join("bench", "reports", device_label(env), "pack.json")
     md_path = md_path or os.path.join(os.path.dirname(json_path), "pack.md")
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         report = run(num_videos, num_frames, width, height, worker_counts, repeats, tmp)
+    # Other jobs on a shared machine skew throughput; the load average shows whether they ran.
+    env["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     report["env"] = env
     write_json(json_path, report)
     with open(f"{md_path}.tmp", "w") as f:

@@ -2,7 +2,12 @@
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -365,3 +370,28 @@ def test_workers_do_not_change_the_output(collection, tmp_path):
     _pack_transcoded(collection, tmp_path / "two", workers=2)
     assert out_files(tmp_path / "one") == out_files(tmp_path / "two")
     shutil.rmtree(tmp_path / "two")
+
+
+def test_killed_process_then_rerun_gives_the_same_bytes(collection, tmp_path):
+    """SIGKILL a real `vmae2-shard pack` once it has finished some work, then run it again."""
+    _pack_transcoded(collection, tmp_path / "ref")
+    command = [sys.executable, "-m", "shard_tools.cli", "pack", str(collection),
+               str(tmp_path / "run"), "--codec", "vp9", "--gop", "4", "--shard-size", "12000",
+               "--seed", "3", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    items = tmp_path / "run" / ".staging" / "items"
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if items.is_dir() and len(list(items.glob("*.json"))) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    process.wait()
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert not (tmp_path / "run" / "manifest.json").exists()
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert out_files(tmp_path / "run") == out_files(tmp_path / "ref")
