@@ -144,3 +144,19 @@ def no_grad_sync(model: nn.Module, sync: bool):
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP (FSDP2 and in-place compile keep the module itself)."""
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def weights_digest(model: nn.Module) -> str | None:
+    """sha256 of this rank's parameters (None under FSDP, whose ranks hold different shards).
+
+    Data-parallel replicas must agree bit for bit; comparing digests across ranks checks it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(unwrap(model).named_parameters()):
+        if hasattr(param, "full_tensor"):
+            return None
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ import torch
 
 from . import ckpt_io, distributed, optim
 from .model import VideoMAEv2
-from .train_config import PretrainConfig, save_config, to_json
+from .train_config import PretrainConfig, parse_set_args, pretrain_config, save_config, to_json
 
 # Config keys that may change between a run and its resumption without changing its numbers.
 RESUMABLE_CHANGES = {"log_every", "save_every", "keep_last", "max_nonfinite_skips", "tensorboard",
@@ -232,7 +232,29 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
             f.close()
     if tb is not None:
         tb.close()
-    return {"run_dir": str(run_dir), "steps": step, "steps_this_session": step - start_step,
-            "final_loss": summary_loss, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
-            "wall_s": time.perf_counter() - run_start, "world_size": env.world_size,
-            "skipped_steps": skipped}
+    summary = {"run_dir": str(run_dir), "steps": step, "steps_this_session": step - start_step,
+               "final_loss": summary_loss, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
+               "wall_s": time.perf_counter() - run_start, "world_size": env.world_size,
+               "skipped_steps": skipped, "weights_sha256": distributed.weights_digest(model)}
+    if env.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_pretrain(preset: str, data: str, out: str, steps: int | None = None, sets=(), resume: bool | None = None,
+                 loader=None) -> dict:
+    """What `vmae2-train pretrain` does: preset + overrides → config → train.
+
+    resume: None continues automatically when `out` holds a checkpoint; True requires one; False
+    refuses to touch a run folder that has one.
+    """
+    overrides = {"data": data, "out_dir": out, **parse_set_args(sets)}
+    if steps is not None:
+        overrides["total_steps"] = steps
+    cfg = pretrain_config(preset, overrides)
+    latest = ckpt_io.latest_checkpoint(out) if Path(out).is_dir() else None
+    if resume is True and latest is None:
+        raise FileNotFoundError(f"--resume: {out} holds no complete checkpoint (ckpt-*/ with meta.json)")
+    if resume is False and latest is not None:
+        raise FileExistsError(f"--no-resume: {out} already holds {latest.name}; pick another --out or delete it")
+    return train(cfg, loader=loader)

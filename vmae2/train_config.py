@@ -85,8 +85,7 @@ class FinetuneConfig:
     preset: str = "tiny"                 # model preset (vmae2.config.PRESETS)
     model: ModelConfig = field(default_factory=lambda: PRESETS["tiny"])  # architecture (masks unused)
     data: str = ""                       # labeled shard folder or manifest.json
-    val_data: str = ""                   # validation shards; "" = hold out val_fraction of `data`
-    val_fraction: float = 0.2            # share of `data` held out when val_data is ""
+    val_data: str = ""                   # labeled validation shards (top-1 is measured on these)
     init: str = ""                       # pre-training checkpoint (run dir, ckpt dir or .pt); "" = scratch
     out_dir: str = ""                    # run folder
     total_steps: int = 200               # optimizer steps

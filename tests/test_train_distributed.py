@@ -1,0 +1,75 @@
+"""Two gloo processes under torchrun on the CPU: disjoint data per rank, identical weights.
+
+This file is also the torchrun worker: `torchrun --nproc_per_node 2 tests/test_train_distributed.py
+DATA OUT` pre-trains on real synthetic shards and writes each rank's summary next to OUT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+SETS = ["model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=48",
+        "model.num_heads=2", "model.mlp_hidden_dim=96", "model.decoder_depth=1",
+        "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "batch_videos_per_gpu=2",
+        "num_sample=2", "frame_stride=2", "device=cpu", "log_every=2", "save_every=3", "warmup_steps=1",
+        "progress=false", "tensorboard=false", "log_keys=true", "loader_threads=1"]
+
+
+def worker(data: str, out: str) -> None:
+    from vmae2.train import run_pretrain
+
+    summary = run_pretrain("tiny", data, out, steps=5, sets=SETS)
+    rank = int(os.environ["RANK"])
+    Path(f"{out}-summary-rank{rank}.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from shard_tools.synth import make_synthetic
+
+    out = tmp_path_factory.mktemp("dist") / "shards"
+    make_synthetic(out, 8, codec="vp9", seed=0, num_frames=40, width=64, height=48, progress=False)
+    return out
+
+
+def test_two_gloo_ranks_read_disjoint_data_and_keep_identical_weights(tmp_path, shards):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(shards), str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    summaries = [json.loads((tmp_path / f"run-summary-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(s["world_size"] == 2 and s["steps"] == 5 for s in summaries)
+    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"] is not None
+
+    # 8 videos, 2 ranks, 2 videos per batch: 2 batches per rank per epoch. Within an epoch the two
+    # ranks' videos are disjoint and together cover the dataset.
+    keys = {}
+    for r in (0, 1):
+        for line in (out / f"keys-rank{r}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            keys[(r, row["step"])] = set(row["keys"])
+    per_epoch = defaultdict(lambda: defaultdict(set))
+    for (r, step), ks in keys.items():
+        per_epoch[step // 2][r] |= ks
+    for epoch in (0, 1):
+        ranks = per_epoch[epoch]
+        assert not ranks[0] & ranks[1], f"epoch {epoch}: ranks share samples {ranks[0] & ranks[1]}"
+        assert len(ranks[0] | ranks[1]) == 8
+    # The peak lr (step index 1, right after the 1-step warmup) is scaled by the videos of both ranks.
+    cfg = json.loads((out / "config.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4, 5]
+    assert metrics[0]["lr"] == pytest.approx(cfg["base_lr"] * (2 * 2) / 256)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2])
