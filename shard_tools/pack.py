@@ -15,6 +15,12 @@ Stages, each resumable:
 5. skipped.jsonl, then manifest.json (the mark of a complete dataset), then OUT/.staging is
    removed. Running the same command on a complete OUT does nothing.
 
+`--codec copy` stores a stream as is when the data engine can decode it: H.264/HEVC (8-bit
+4:2:0; NVDEC only), MPEG-4, AV1, VP8, VP9, MJPEG, in MP4/MOV/MKV/WebM/AVI. Anything else is
+skipped with reason `unsupported-codec` and a detail naming the fix (`--codec vp9`), rather than
+silently transcoded: a copy run never re-encodes. Copied streams keep their GOP structure; the
+json records `keyframe_interval`. Only VP8/VP9/MJPEG decode on DALI's CPU backend.
+
 Arguments that change the output are recorded in OUT/.staging/args.json at the start and in the
 manifest; running with different ones on the same OUT is an error naming the differences.
 """
