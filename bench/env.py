@@ -31,6 +31,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def command_line() -> str:
+    """The command as typed: `python -m bench.NAME ...` for modules, else argv."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return " ".join(["python", "-m", spec.name.removesuffix(".__main__")] + sys.argv[1:])
+    return " ".join(sys.argv)
+
+
 def environment() -> dict:
     """Hardware and library versions of this process's machine."""
     import numpy
@@ -39,8 +48,7 @@ def environment() -> dict:
     env = {
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": git_commit(),
-        "command": " ".join([os.path.basename(sys.executable), "-m", sys.argv[0].replace("/", ".")] + sys.argv[1:])
-        if sys.argv and sys.argv[0].endswith(".py") else " ".join(sys.argv),
+        "command": command_line(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
