@@ -36,7 +36,7 @@ def loader_rate(loader: dict | None) -> float | None:
     """Fastest clips/s among our pipeline's rows (rows naming the reference loader are skipped)."""
     if not loader:
         return None
-    rates = [r["clips_per_s"] for r in loader.get("rows", [])
+    rates = [r["clips_per_s"] for r in loader.get("rows") or loader.get("results", [])
              if "clips_per_s" in r and "ref" not in str(r.get("loader", r.get("pipeline", ""))).lower()]
     return max(rates) if rates else None
 

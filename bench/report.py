@@ -29,6 +29,8 @@ def load_reports(folder: str) -> dict[str, dict]:
             payload = json.load(f)
         if isinstance(payload, list):
             payload = {"rows": payload}
+        payload.setdefault("env", payload.get("environment"))      # older bench JSON spelled these out
+        payload.setdefault("rows", payload.get("results", []))
         out[os.path.splitext(os.path.basename(path))[0]] = payload
     return out
 
@@ -151,6 +153,8 @@ def render(folder: str) -> str:
                 text.append(payload[key] if isinstance(payload[key], str) else "\n".join(payload[key]))
                 text.append("")
         for key, value in payload.items():
+            if key == "results":
+                continue
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 text.append(f"**{key}**\n")
                 text.append(markdown_table(value))
