@@ -110,7 +110,8 @@ class FinetuneConfig:
 
 
 FINETUNE_PRESETS: dict[str, dict] = {
-    "tiny": dict(),
+    # tiny: peak lr 1e-3 at 8 clips per step (the CPU report, bench/table1.py)
+    "tiny": dict(base_lr=0.032, min_lr_base=3.2e-5),
     "vit_s": dict(layer_decay=0.75, batch_clips=64, total_steps=20_000, warmup_steps=1_000),
     "vit_b": dict(layer_decay=0.75, batch_clips=64, total_steps=20_000, warmup_steps=1_000),
     "vit_l": dict(layer_decay=0.75, batch_clips=64, total_steps=20_000, warmup_steps=1_000, drop_path=0.2),
