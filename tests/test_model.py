@@ -194,3 +194,13 @@ def test_compiled_matches_eager():
     assert torch.allclose(pred, eager_pred, rtol=1e-3, atol=1e-4)
     for g_compiled, g_eager in zip((p.grad for p in model.parameters()), eager_grads):
         assert torch.allclose(g_compiled, g_eager, rtol=1e-3, atol=1e-5)
+
+
+def test_truncated_normal_init_statistics():
+    from vmae2.model import trunc_normal_one_std_
+
+    x = trunc_normal_one_std_(torch.empty(200_000), std=0.02)
+    assert x.abs().max() <= 0.02
+    # a standard normal truncated at ±1 has std sqrt(1 - 2φ(1)/(2Φ(1) - 1)) ≈ 0.5377
+    assert x.std().item() == pytest.approx(0.02 * 0.5377, rel=0.01)
+    assert abs(x.mean().item()) < 1e-4
