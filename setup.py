@@ -16,12 +16,12 @@ setup(
         "av>=12",
         "tqdm>=4.60",
         "pillow>=9",
+        "tensorboard>=2.10",
     ],
     extras_require={
         # apex is not on PyPI: build it from source for its fused optimizers; vmae2 works without it.
         "test": ["pytest>=7", "matplotlib>=3.7"],
         "bench": ["matplotlib>=3.7"],
-        "tensorboard": ["tensorboard>=2.10"],
     },
     entry_points={
         "console_scripts": [
