@@ -8,7 +8,7 @@ import torch
 
 from vmae2 import build_classifier, build_pretrain_model
 from vmae2.distributed import compile_blocks
-from vmae2.optim import clean_name, layer_decay_param_groups, lr_at, pretrain_param_groups
+from vmae2.optim import build_optimizer, clean_name, layer_decay_param_groups, lr_at, pretrain_param_groups
 
 SMALL = dict(depth=2, embed_dim=48, num_heads=2, mlp_hidden_dim=96, decoder_depth=1,
              decoder_embed_dim=32, decoder_num_heads=2)
@@ -67,3 +67,21 @@ def test_lr_schedule_at_known_steps():
     assert lr_at(110, **kw) == pytest.approx(0.01)
     lrs = [lr_at(s, **kw) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))    # monotone after warmup
+
+
+def test_found_inf_skips_the_whole_adamw_update():
+    """The trainer's device-side non-finite skip: NaN gradients change no weight and no moment."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer([{"params": [weight], "weight_decay": 0.05}], kind="adamw", lr=0.1,
+                          betas=(0.9, 0.95), eps=1e-8, device=torch.device("cpu"))
+    weight.grad = torch.ones(3)
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    after_one = (weight.detach().clone(), opt.state[weight]["exp_avg"].clone(), opt.state[weight]["step"].clone())
+    weight.grad = torch.full((3,), math.nan)
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert not torch.equal(after_one[0], torch.ones(3))
+    assert torch.equal(weight.detach(), after_one[0])
+    assert torch.equal(opt.state[weight]["exp_avg"], after_one[1])
+    assert opt.state[weight]["step"].item() == after_one[2].item() == 1

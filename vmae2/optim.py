@@ -88,7 +88,11 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def build_optimizer(groups: list[dict], *, kind: str, lr: float, betas: tuple[float, float],
                     eps: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW: torch's fused kernel on CUDA (foreach on CPU), or apex FusedAdam when asked for."""
+    """AdamW: torch's fused kernel (CUDA and CPU), or apex FusedAdam when asked for.
+
+    torch's fused AdamW also reads `optimizer.found_inf`, which the trainer uses to skip a
+    non-finite step on the device.
+    """
     if kind == "apex_fused_adam":
         try:
             from apex.optimizers import FusedAdam
@@ -98,5 +102,4 @@ def build_optimizer(groups: list[dict], *, kind: str, lr: float, betas: tuple[fl
         if device.type != "cuda":
             raise RuntimeError("optimizer=apex_fused_adam runs on CUDA only; use optimizer=adamw on CPU")
         return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True)
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

@@ -2,8 +2,9 @@
 
 Read top to bottom: processes and device → model (compile, DDP/FSDP2) → optimizer → loader →
 resume → the step loop (lr, micro-steps, clip, non-finite guard, update, log, checkpoint) → final
-checkpoint and weights. The only per-step host sync is the non-finite check on the gradient norm,
-which has to be known before the update; metrics sync only when logged.
+checkpoint and weights. Nothing syncs with the host between logged steps: metrics are summed on
+the device, and a non-finite step is skipped on the device too (torch's fused AdamW drops the whole
+update when its `found_inf` is set, as under GradScaler) and reported when the next row is logged.
 """
 from __future__ import annotations
 
@@ -27,6 +28,42 @@ RESUMABLE_CHANGES = {"log_every", "save_every", "keep_last", "max_nonfinite_skip
 
 class NonFiniteLoss(RuntimeError):
     """The loss (or its gradient) became NaN or infinite more often than max_nonfinite_skips allows."""
+
+
+class NonFiniteGuard:
+    """Non-finite steps counted on the device; `check` (when logging or saving) reports and enforces.
+
+    The gradient norm is all-reduced, so every rank sees the same steps as non-finite and raises at
+    the same check.
+    """
+
+    def __init__(self, device: torch.device, max_skips: int):
+        self.max_skips, self.reported = max_skips, 0
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_step = torch.full((), -1, dtype=torch.int64, device=device)  # first unreported one
+        self.first_loss = torch.zeros((), device=device)
+
+    def record(self, step: int, finite: torch.Tensor, loss: torch.Tensor) -> None:
+        new_first = ~finite & (self.first_step < 0)
+        self.first_step = torch.where(new_first, step, self.first_step)
+        self.first_loss = torch.where(new_first, loss.float(), self.first_loss)
+        self.count += (~finite).long()
+
+    def check(self, last_ckpt, is_main: bool) -> None:
+        count = int(self.count)
+        if count == self.reported:
+            return
+        where = f"last checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint written yet"
+        message = (f"non-finite loss at step {int(self.first_step)}: loss {float(self.first_loss)} (this rank); "
+                   f"{count - self.reported} non-finite step(s) since the last report, updates skipped; {where}")
+        if count > self.max_skips:
+            raise NonFiniteLoss(f"{message}; stopping after {count} non-finite step(s) "
+                                f"(max_nonfinite_skips={self.max_skips}); lower base_lr, set clip_grad_norm, "
+                                f"or resume from the checkpoint")
+        if is_main:
+            print(f"{message} ({count} of max_nonfinite_skips={self.max_skips})")
+        self.reported = count
+        self.first_step.fill_(-1)
 
 
 def make_loader(cfg: PretrainConfig, env: distributed.DistEnv):
@@ -153,9 +190,11 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
 
     clips_per_step = videos_per_step * cfg.num_sample
     last_ckpt = latest
-    skipped = 0
+    guard = NonFiniteGuard(env.device, cfg.max_nonfinite_skips)
+    skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)  # torch's fused AdamW
     loss_sum = torch.zeros((), device=env.device)   # summed on the device, read when logging
-    window_steps, window_updates, data_wait_s, window_start = 0, 0, 0.0, time.perf_counter()
+    window_updates = torch.zeros((), device=env.device)
+    window_steps, data_wait_s, window_start = 0, 0.0, time.perf_counter()
     run_start, start_step, summary_loss = time.perf_counter(), step, float("nan")
     data = forever(loader)
     model.train()
@@ -178,31 +217,24 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
         if hasattr(grad_norm, "full_tensor"):   # FSDP2: a DTensor
             grad_norm = grad_norm.full_tensor()
-        # Gradients are all-reduced, so every rank takes the same decision here.
-        if not torch.isfinite(grad_norm).item():
-            skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            where = f"last checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint written yet"
-            message = (f"non-finite loss at step {step + 1}: loss {step_loss.item()} (this rank), grad norm "
-                       f"{grad_norm.item()}; {where}")
-            if skipped > cfg.max_nonfinite_skips:
-                raise NonFiniteLoss(f"{message}; stopping after {skipped} non-finite step(s) "
-                                    f"(max_nonfinite_skips={cfg.max_nonfinite_skips}); lower base_lr, "
-                                    f"set clip_grad_norm, or resume from the checkpoint")
-            if env.is_main:
-                print(f"{message}; update skipped ({skipped} of max_nonfinite_skips={cfg.max_nonfinite_skips})")
-        else:
+        finite = torch.isfinite(grad_norm)
+        if skips_on_device:
+            optimizer.found_inf = (~finite).float()   # 1 skips the whole update: moments, decay, step count
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_loss
-            window_updates += 1
+        elif finite.item():                           # apex: the host has to decide
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        guard.record(step + 1, finite, step_loss)
+        loss_sum += torch.where(finite, step_loss, 0.0)
+        window_updates += finite.float()
         step += 1
         window_steps += 1
         bar.update(1)
 
         if step % cfg.log_every == 0 or step == cfg.total_steps:
+            guard.check(last_ckpt, env.is_main)
             elapsed = time.perf_counter() - window_start
-            stats = distributed.all_reduce_mean(torch.stack([loss_sum / max(window_updates, 1),
+            stats = distributed.all_reduce_mean(torch.stack([loss_sum / window_updates.clamp(min=1),
                                                              loss_sum.new_tensor(data_wait_s)]))
             summary_loss, mean_wait = stats.tolist()
             row = {"step": step, "loss": summary_loss, "lr": lr, "grad_norm": grad_norm.item(),
@@ -219,9 +251,11 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
                 bar.set_postfix(loss=f"{summary_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}",
                                 data_wait=f"{100 * row['data_wait_frac']:.0f}%")
             loss_sum.zero_()
-            window_steps, window_updates, data_wait_s, window_start = 0, 0, 0.0, time.perf_counter()
+            window_updates.zero_()
+            window_steps, data_wait_s, window_start = 0, 0.0, time.perf_counter()
 
         if step % cfg.save_every == 0 or step == cfg.total_steps:
+            guard.check(last_ckpt, env.is_main)
             rank_state = {"rng": ckpt_io.rng_state(env.device), "loader": loader.state_dict()}
             last_ckpt = ckpt_io.save(run_dir, step, model, optimizer, rank_state, config, env, cfg.keep_last)
     bar.close()
@@ -235,7 +269,7 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
     summary = {"run_dir": str(run_dir), "steps": step, "steps_this_session": step - start_step,
                "final_loss": summary_loss, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
                "wall_s": time.perf_counter() - run_start, "world_size": env.world_size,
-               "skipped_steps": skipped, "weights_sha256": distributed.weights_digest(model)}
+               "skipped_steps": int(guard.count), "weights_sha256": distributed.weights_digest(model)}
     if env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -42,7 +42,7 @@ class PretrainConfig:
     # execution
     device: str = "auto"                 # auto (cuda when available) | cuda | cpu
     precision: str = "auto"              # auto (bf16 autocast on cuda, fp32 on cpu) | bf16 | fp32
-    optimizer: str = "adamw"             # adamw (torch, fused on cuda) | apex_fused_adam (needs apex)
+    optimizer: str = "adamw"             # adamw (torch, fused kernel) | apex_fused_adam (needs apex)
     compile: bool = False                # torch.compile each transformer block
     parallel: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard per block); used when world size > 1
     seed: int = 0                        # model init, masks and crops (the loader adds the rank)
