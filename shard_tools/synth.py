@@ -25,6 +25,7 @@ from shard_tools.transcode import ENCODERS, StreamWriter, check_encoder
 CLASSES = ("translate_left", "translate_right", "translate_up", "translate_down",
            "rotate_cw", "rotate_ccw", "grow", "shrink")
 SHAPES = ("ellipse", "box", "triangle", "star")
+SIZE_RANGE = (0.12, 0.22)  # shape radius as a share of the short side
 
 
 def _smooth_noise(rng, height, width, cells):
@@ -82,7 +83,7 @@ def render_clip(seed, index, num_frames=64, width=160, height=128):
     motion = CLASSES[label]
     background = _background(rng, height, width)
     shape, texture = SHAPES[rng.integers(len(SHAPES))], _shape_texture(rng)
-    size = rng.uniform(0.12, 0.22) * min(width, height)
+    size = rng.uniform(*SIZE_RANGE) * min(width, height)
     mid = np.array([rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height])
     angle0 = rng.uniform(0, 2 * np.pi)
     t = np.arange(num_frames) - (num_frames - 1) / 2  # time relative to mid-clip

@@ -1,11 +1,13 @@
 """Two gloo processes under torchrun on the CPU: disjoint data per rank, identical weights.
 
 This file is also the torchrun worker: `torchrun --nproc_per_node 2 tests/test_train_distributed.py
-DATA OUT` pre-trains on real synthetic shards and writes each rank's summary next to OUT.
+DATA OUT` pre-trains on real synthetic shards and writes each rank's summary next to OUT;
+`... test_train_distributed.py fsdp-nan OUT` runs FSDP2 on made-up clips with a NaN on rank 0.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +28,20 @@ def worker(data: str, out: str) -> None:
 
     summary = run_pretrain("tiny", data, out, steps=5, sets=SETS)
     rank = int(os.environ["RANK"])
+    Path(f"{out}-summary-rank{rank}.json").write_text(json.dumps(summary))
+
+
+def fsdp_nan_worker(out: str) -> None:
+    """FSDP2 with a NaN batch on rank 0 only: both ranks must skip that same step on the device."""
+    from test_train_loop import FakeLoader, small_config
+
+    from vmae2.train import train
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    cfg = small_config(out, parallel="fsdp", max_nonfinite_skips=1, total_steps=6, log_every=2, save_every=3)
+    loader = FakeLoader(cfg.batch_videos_per_gpu, num_sample=cfg.num_sample, img_size=32, rank=rank,
+                        world_size=world_size, nan_at_batch=2 if rank == 0 else None)  # step 2
+    summary = train(cfg, loader=loader)
     Path(f"{out}-summary-rank{rank}.json").write_text(json.dumps(summary))
 
 
@@ -71,5 +87,24 @@ def test_two_gloo_ranks_read_disjoint_data_and_keep_identical_weights(tmp_path, 
     assert metrics[0]["lr"] == pytest.approx(cfg["base_lr"] * (2 * 2) / 256)
 
 
+def test_fsdp2_ranks_skip_the_same_nonfinite_step(tmp_path):
+    out = tmp_path / "fsdp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, "fsdp-nan", str(out)]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "non-finite loss at step 2: loss nan" in proc.stdout
+    summaries = [json.loads((tmp_path / f"fsdp-summary-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["skipped_steps"] for s in summaries] == [1, 1]
+    assert all(s["steps"] == 6 and s["world_size"] == 2 for s in summaries)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert (out / "ckpt-00000006").is_dir() and (out / "pretrain_final.pt").is_file()
+
+
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "fsdp-nan":
+        fsdp_nan_worker(sys.argv[2])
+    else:
+        worker(sys.argv[1], sys.argv[2])
