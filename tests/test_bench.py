@@ -52,3 +52,25 @@ def test_e2e_runs_the_real_loop_on_synthetic_shards(tmp_path):
     assert row["clips_per_step"] == 2 and row["codecs"] == "vp9" and row["steps"] == 4
     assert row["clips_per_s"] > 0 and 0 <= row["data_wait_frac"] <= 1
     assert row["final_loss"] == row["final_loss"]                 # finite, not NaN
+
+
+def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
+    """bench.budget end to end at toy size: weights it saves load into the classifier."""
+    from bench import budget
+
+    runner, out = CliRunner(), tmp_path / "budget"
+    result = runner.invoke(budget.main, ["pretrain", "--out", str(out), "--steps", "4", "--videos", "2",
+                                         "--save-every", "2"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.pt")) == ["pretrain-dec0.5-2.pt", "pretrain-dec0.5-4.pt"]
+    for init in ("", str(out / "pretrain-dec0.5-4.pt")):
+        result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--init", init, "--steps", "2",
+                                             "--videos", "2", "--val-videos", "3"])
+        assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune"]
+    assert rows[1]["init_report"] == "from scratch" and rows[2]["init_report"].startswith("loaded 54 tensors")
+    assert all(r["top1"] in (0.0, 100 / 3, 200 / 3, 100.0) for r in rows[1:])
+    result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "| pretrain-dec0.5-4.pt | 2 | 2 | 3 |" in (tmp_path / "rep" / "budget.md").read_text()
