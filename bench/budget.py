@@ -161,10 +161,9 @@ def report(out, report_dir):
     """Gather OUT/results.jsonl and the curves into bench/reports/cpu/budget.{json,md}."""
     out, report_dir = Path(out), Path(report_dir)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    curves = {}
-    for row in rows:
-        if row["kind"] == "pretrain":
-            curves[str(row["decoder_mask_ratio"])] = [json.loads(line) for line in Path(row["curve"]).read_text().splitlines()]
+    # Curves are read from their files, so a pre-training run still going (or stopped) shows too.
+    curves = {path.stem.removeprefix("curve-dec"): [json.loads(line) for line in path.read_text().splitlines()]
+              for path in sorted(out.glob("curve-dec*.jsonl"))}
     result = {"rows": rows, "curves": curves,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "processor": platform.processor() or platform.machine()}}
