@@ -41,6 +41,8 @@ def test_unknown_keys_name_the_closest_valid_key():
         pretrain_config("tiny", {"model.img_sise": "64"})
     with pytest.raises(ConfigError, match=r"did you mean 'save_every'"):
         pretrain_config("tiny", {"save_evry": "5"})
+    with pytest.raises(ConfigError, match=r"did you mean 'base_lr'"):
+        pretrain_config("tiny", {"lr_base": "1e-3"})
     with pytest.raises(ConfigError, match=r"unknown preset 'vit_x'; choose one of tiny, vit_s"):
         pretrain_config("vit_x")
 

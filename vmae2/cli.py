@@ -1,14 +1,42 @@
 """`vmae2-train`: pretrain, visualize, finetune and the CPU demo. Commands parse and call."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 
 import click
 
 
+@contextlib.contextmanager
+def user_errors():
+    """Show a bad config, missing data, a refused resume or a stopped run as a short message.
+
+    Set VMAE2_TRACEBACK=1 to see the full traceback instead.
+    """
+    from dali_pipes.manifest import DatasetError
+
+    from .train import NonFiniteLoss
+    from .train_config import ConfigError
+
+    try:
+        yield
+    except (ConfigError, DatasetError, NonFiniteLoss, FileNotFoundError, FileExistsError) as err:
+        if os.environ.get("VMAE2_TRACEBACK"):
+            raise
+        raise click.ClickException(str(err)) from err
+    except (ValueError, RuntimeError) as err:  # bad weights files, resume mismatches, devices
+        if os.environ.get("VMAE2_TRACEBACK"):
+            raise
+        raise click.ClickException(f"{err}\n(set VMAE2_TRACEBACK=1 to see where it was raised)") from err
+
+
 @click.group()
 def main():
-    """VideoMAE V2 pre-training, reconstructions and fine-tuning."""
+    """VideoMAE V2 pre-training, reconstructions and fine-tuning.
+
+    Errors print one message; set VMAE2_TRACEBACK=1 for the full traceback.
+    """
 
 
 def _print_summary(summary: dict) -> None:
@@ -29,7 +57,8 @@ def pretrain(preset, data, out, steps, sets, resume):
     """Pre-train VideoMAE V2 (torchrun for several processes)."""
     from .train import run_pretrain
 
-    _print_summary(run_pretrain(preset, data, out, steps=steps, sets=sets, resume=resume))
+    with user_errors():
+        _print_summary(run_pretrain(preset, data, out, steps=steps, sets=sets, resume=resume))
 
 
 @main.command()
@@ -44,7 +73,8 @@ def visualize(ckpt, data, out, num_clips, num_frames, seed, device):
     """Original, masked input and reconstruction for a few clips."""
     from .visualize import visualize as run
 
-    click.echo(str(run(ckpt, data, out, num_clips=num_clips, num_frames=num_frames, seed=seed, device=device)))
+    with user_errors():
+        click.echo(str(run(ckpt, data, out, num_clips=num_clips, num_frames=num_frames, seed=seed, device=device)))
 
 
 @main.command()
@@ -59,7 +89,8 @@ def finetune(preset, data, val_data, out, init, steps, sets):
     """Fine-tune a classifier (minimal recipe) and report top-1 on the validation shards."""
     from .finetune import run_finetune
 
-    _print_summary(run_finetune(preset, data, val_data, out, init=init, steps=steps, sets=sets))
+    with user_errors():
+        _print_summary(run_finetune(preset, data, val_data, out, init=init, steps=steps, sets=sets))
 
 
 @main.command()
@@ -71,7 +102,8 @@ def demo(out, num_videos, steps, sets):
     """CPU demo: synthetic shards → pre-training of `tiny` → reconstruction PNG."""
     from .demo import run_demo
 
-    _print_summary(run_demo(out, num_videos=num_videos, steps=steps, sets=sets))
+    with user_errors():
+        _print_summary(run_demo(out, num_videos=num_videos, steps=steps, sets=sets))
 
 
 if __name__ == "__main__":

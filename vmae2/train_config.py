@@ -160,7 +160,10 @@ def parse_value(key: str, text: str, typ):
 
 
 def _closest(key: str, keys: list[str]) -> str:
-    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.0)
+    # Same words in another order (lr_base for base_lr) first, then the closest spelling.
+    words = sorted(key.replace(".", "_").split("_"))
+    match = [k for k in keys if sorted(k.replace(".", "_").split("_")) == words]
+    match = match or difflib.get_close_matches(key, keys, n=1, cutoff=0.0)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
