@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shard_tools.synth import CLASSES, render_clip
+from shard_tools.synth import CLASSES, SHAPES, clip_shape, render_clip
 from vmae2 import optim
 from vmae2.checkpoint import load_classifier
 from vmae2.config import PRESETS
@@ -34,10 +34,17 @@ REPORT_DIR = Path(__file__).parent / "reports" / "cpu"
 SOURCE_FRAMES, SOURCE_WIDTH, SOURCE_HEIGHT, STRIDE = 64, 160, 128, 2
 
 
-def render_set(seed: int, num_videos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (V,), frames uint8 (V, 64, 128, 160, 3)) of synthetic clips 0..V-1 of `seed`."""
+def render_set(seed: int, num_videos: int, label: str = "motion") -> tuple[np.ndarray, np.ndarray]:
+    """(labels (V,), frames uint8 (V, 64, 128, 160, 3)) of synthetic clips 0..V-1 of `seed`.
+
+    label "motion" is the set's class (CLASSES); "shape" is the shape kind (SHAPES), which one frame shows.
+    """
     pairs = [render_clip(seed, i, SOURCE_FRAMES, SOURCE_WIDTH, SOURCE_HEIGHT) for i in range(num_videos)]
-    return np.array([label for label, _ in pairs]), np.stack([frames for _, frames in pairs])
+    if label == "shape":
+        labels = [clip_shape(seed, i, SOURCE_WIDTH, SOURCE_HEIGHT) for i in range(num_videos)]
+    else:
+        labels = [motion for motion, _ in pairs]
+    return np.array(labels), np.stack([frames for _, frames in pairs])
 
 
 def sample_clips(frames: np.ndarray, videos: np.ndarray, rng: np.random.Generator, num_frames: int,
@@ -112,17 +119,19 @@ def pretrain(out, steps, videos, decoder_mask_ratio, save_every, threads):
 @click.option("--steps", default=600, show_default=True, help="Fine-tuning steps of 8 clips.")
 @click.option("--videos", default=64, show_default=True, help="Labeled training videos (seed 1).")
 @click.option("--val-videos", default=256, show_default=True, help="Validation videos (seed 2).")
+@click.option("--label", type=click.Choice(["motion", "shape"]), default="motion", show_default=True,
+              help="What to classify: the set's motion class (8) or, as a check of the classifier, the shape kind (4).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads.")
-def finetune(out, init, steps, videos, val_videos, threads):
+def finetune(out, init, steps, videos, val_videos, label, threads):
     """Fine-tune tiny (layer decay 0.75, label smoothing 0.1, drop path 0.1) and measure top-1."""
     torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = PRESETS["tiny"]
-    train_labels, train_frames = render_set(1, videos)
-    val_labels, val_frames = render_set(2, val_videos)
+    train_labels, train_frames = render_set(1, videos, label)
+    val_labels, val_frames = render_set(2, val_videos, label)
     torch.manual_seed(0)
-    model = VideoClassifier(cfg, len(CLASSES), drop_path=0.1)
+    model = VideoClassifier(cfg, len(SHAPES if label == "shape" else CLASSES), drop_path=0.1)
     report = "from scratch"
     if init:
         report = str(load_classifier(model, torch.load(init, map_location="cpu"), name=init))
@@ -147,7 +156,7 @@ def finetune(out, init, steps, videos, val_videos, threads):
             probs = sum(model(sample_clips(val_frames, batch, eval_rng, cfg.num_frames, cfg.img_size)).softmax(-1)
                         for _ in range(2))                          # 2 random views per video
             correct += int((probs.argmax(-1).numpy() == val_labels[batch]).sum())
-    row = {"kind": "finetune", "init": init or None, "init_report": report, "steps": steps, "videos": videos,
+    row = {"kind": "finetune", "label": label, "init": init or None, "init_report": report, "steps": steps, "videos": videos,
            "val_videos": val_videos, "top1": 100.0 * correct / val_videos,
            "final_train_loss": float(np.mean(losses[-50:])), "wall_s": time.perf_counter() - start}
     append_result(out, row)
@@ -169,11 +178,15 @@ def report(out, report_dir):
                           "processor": platform.processor() or platform.machine()}}
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| init | fine-tune steps | train videos | val videos | top-1 (%) | final train loss |", "|---|---|---|---|---|---|"]
+    lines = ["| label (chance) | init | fine-tune steps | train videos | val videos | top-1 (%) | final train loss |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["kind"] == "finetune":
-            lines.append(f"| {Path(row['init']).name if row['init'] else 'scratch'} | {row['steps']} | {row['videos']} | "
-                         f"{row['val_videos']} | {row['top1']:.1f} | {row['final_train_loss']:.3f} |")
+            label = row.get("label", "motion")          # rows from before --label were all motion
+            chance = 100 / len(SHAPES if label == "shape" else CLASSES)
+            lines.append(f"| {label} ({chance:.1f} %) | {Path(row['init']).name if row['init'] else 'scratch'} | "
+                         f"{row['steps']} | {row['videos']} | {row['val_videos']} | {row['top1']:.1f} | "
+                         f"{row['final_train_loss']:.3f} |")
     for ratio, curve in curves.items():
         marks = [c for c in curve if c["step"] % 1000 == 0 or c is curve[0]]
         lines.append(f"\nPre-training loss, decoder_mask_ratio {ratio} (mean of 100 steps): "

@@ -76,13 +76,27 @@ def _shape_texture(rng):
     return texture
 
 
-def render_clip(seed, index, num_frames=64, width=160, height=128):
-    """(label, frames uint8 (T, H, W, 3)) of synthetic clip `index` for `seed`."""
+def _scene(seed, index, width, height):
+    """The clip's generator after its appearance draws: (rng, background, shape name, texture)."""
     rng = np.random.default_rng([seed, index])
-    label = index % len(CLASSES)
-    motion = CLASSES[label]
     background = _background(rng, height, width)
     shape, texture = SHAPES[rng.integers(len(SHAPES))], _shape_texture(rng)
+    return rng, background, shape, texture
+
+
+def clip_shape(seed, index, width=160, height=128):
+    """The shape kind (an index into SHAPES) of synthetic clip `index`: an appearance label.
+
+    bench/budget.py uses it to check that a classifier can learn what a single frame shows.
+    """
+    return SHAPES.index(_scene(seed, index, width, height)[2])
+
+
+def render_clip(seed, index, num_frames=64, width=160, height=128):
+    """(label, frames uint8 (T, H, W, 3)) of synthetic clip `index` for `seed`."""
+    label = index % len(CLASSES)
+    motion = CLASSES[label]
+    rng, background, shape, texture = _scene(seed, index, width, height)
     size = rng.uniform(*SIZE_RANGE) * min(width, height)
     mid = np.array([rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height])
     angle0 = rng.uniform(0, 2 * np.pi)

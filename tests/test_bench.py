@@ -67,10 +67,27 @@ def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
         result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--init", init, "--steps", "2",
                                              "--videos", "2", "--val-videos", "3"])
         assert result.exit_code == 0, result.output
+    result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--steps", "2", "--videos", "2",
+                                         "--val-videos", "3", "--label", "shape"])
+    assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune"]
+    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune"]
+    assert [r["label"] for r in rows[1:]] == ["motion", "motion", "shape"]
     assert rows[1]["init_report"] == "from scratch" and rows[2]["init_report"].startswith("loaded 54 tensors")
     assert all(r["top1"] in (0.0, 100 / 3, 200 / 3, 100.0) for r in rows[1:])
     result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
-    assert "| pretrain-dec0.5-4.pt | 2 | 2 | 3 |" in (tmp_path / "rep" / "budget.md").read_text()
+    report = (tmp_path / "rep" / "budget.md").read_text()
+    assert "| motion (12.5 %) | pretrain-dec0.5-4.pt | 2 | 2 | 3 |" in report
+    assert "| shape (25.0 %) | scratch | 2 | 2 | 3 |" in report
+
+
+def test_shape_label_is_drawn_apart_from_the_motion_label():
+    """clip_shape (bench.budget's appearance label) reads the clip's own draw and is independent of its class."""
+    from shard_tools.synth import CLASSES, SHAPES, clip_shape
+
+    shapes = [clip_shape(0, i, 64, 48) for i in range(64)]
+    assert shapes == [clip_shape(0, i, 64, 48) for i in range(64)]            # deterministic
+    assert set(shapes) == set(range(len(SHAPES)))
+    by_class = [{shapes[i] for i in range(c, 64, len(CLASSES))} for c in range(len(CLASSES))]
+    assert sum(len(kinds) > 1 for kinds in by_class) >= 6                   # a class does not fix the shape
