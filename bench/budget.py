@@ -67,6 +67,7 @@ def append_result(out: Path, row: dict) -> None:
 @click.group()
 def main():
     """Learning-curve probe of `tiny` on the synthetic set (see the module docstring)."""
+    torch.set_flush_denormal(True)   # as vmae2.distributed.init does on CPU: subnormals are slow on x86
 
 
 @main.command()
@@ -121,8 +122,9 @@ def pretrain(out, steps, videos, decoder_mask_ratio, save_every, threads):
 @click.option("--val-videos", default=256, show_default=True, help="Validation videos (seed 2).")
 @click.option("--label", type=click.Choice(["motion", "shape"]), default="motion", show_default=True,
               help="What to classify: the set's motion class (8) or, as a check of the classifier, the shape kind (4).")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak lr (8 clips per step), layer decay 0.75 below it.")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads.")
-def finetune(out, init, steps, videos, val_videos, label, threads):
+def finetune(out, init, steps, videos, val_videos, label, lr, threads):
     """Fine-tune tiny (layer decay 0.75, label smoothing 0.1, drop path 0.1) and measure top-1."""
     torch.set_num_threads(threads)
     out = Path(out)
@@ -135,11 +137,11 @@ def finetune(out, init, steps, videos, val_videos, label, threads):
     report = "from scratch"
     if init:
         report = str(load_classifier(model, torch.load(init, map_location="cpu"), name=init))
-    optimizer = torch.optim.AdamW(optim.layer_decay_param_groups(model, 0.05, 0.75), lr=1e-3,
+    optimizer = torch.optim.AdamW(optim.layer_decay_param_groups(model, 0.05, 0.75), lr=lr,
                                   betas=(0.9, 0.999), fused=True)
     rng, start, losses = np.random.default_rng(1), time.perf_counter(), []
     for step in range(steps):
-        optim.set_lr(optimizer, optim.lr_at(step, peak_lr=1e-3, min_lr=1e-6, warmup_steps=steps // 10,
+        optim.set_lr(optimizer, optim.lr_at(step, peak_lr=lr, min_lr=lr / 1000, warmup_steps=steps // 10,
                                             total_steps=steps))
         videos_of_step = rng.integers(0, videos, 8)
         logits = model(sample_clips(train_frames, videos_of_step, rng, cfg.num_frames, cfg.img_size))
@@ -156,7 +158,7 @@ def finetune(out, init, steps, videos, val_videos, label, threads):
             probs = sum(model(sample_clips(val_frames, batch, eval_rng, cfg.num_frames, cfg.img_size)).softmax(-1)
                         for _ in range(2))                          # 2 random views per video
             correct += int((probs.argmax(-1).numpy() == val_labels[batch]).sum())
-    row = {"kind": "finetune", "label": label, "init": init or None, "init_report": report, "steps": steps, "videos": videos,
+    row = {"kind": "finetune", "label": label, "lr": lr, "init": init or None, "init_report": report, "steps": steps, "videos": videos,
            "val_videos": val_videos, "top1": 100.0 * correct / val_videos,
            "final_train_loss": float(np.mean(losses[-50:])), "wall_s": time.perf_counter() - start}
     append_result(out, row)

@@ -108,3 +108,13 @@ if __name__ == "__main__":
         fsdp_nan_worker(sys.argv[2])
     else:
         worker(sys.argv[1], sys.argv[2])
+
+
+def test_cpu_processes_flush_subnormals_to_zero():
+    """x86 arithmetic on subnormal floats is slow; pre-trained weights produce them (half-speed fine-tuning)."""
+    subprocess_code = ("import torch; from vmae2 import distributed; "
+                       "before = torch.tensor([1e-40]).item(); distributed.init('cpu'); "
+                       "print(before > 0, torch.tensor([1e-40]).item() == 0.0)")
+    out = subprocess.run([sys.executable, "-c", subprocess_code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "WORLD_SIZE": "1"})
+    assert out.stdout.split() == ["True", "True"]
