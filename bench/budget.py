@@ -180,14 +180,14 @@ def report(out, report_dir):
                           "processor": platform.processor() or platform.machine()}}
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| label (chance) | init | fine-tune steps | train videos | val videos | top-1 (%) | final train loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| label (chance) | init | peak lr | fine-tune steps | train videos | val videos | top-1 (%) | final train loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["kind"] == "finetune":
             label = row.get("label", "motion")          # rows from before --label were all motion
             chance = 100 / len(SHAPES if label == "shape" else CLASSES)
             lines.append(f"| {label} ({chance:.1f} %) | {Path(row['init']).name if row['init'] else 'scratch'} | "
-                         f"{row['steps']} | {row['videos']} | {row['val_videos']} | {row['top1']:.1f} | "
+                         f"{row.get('lr', 1e-3):g} | {row['steps']} | {row['videos']} | {row['val_videos']} | {row['top1']:.1f} | "
                          f"{row['final_train_loss']:.3f} |")
     for ratio, curve in curves.items():
         marks = [c for c in curve if c["step"] % 1000 == 0 or c is curve[0]]

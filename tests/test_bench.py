@@ -68,7 +68,7 @@ def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
                                              "--videos", "2", "--val-videos", "3"])
         assert result.exit_code == 0, result.output
     result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--steps", "2", "--videos", "2",
-                                         "--val-videos", "3", "--label", "shape"])
+                                         "--val-videos", "3", "--label", "shape", "--lr", "5e-4"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune"]
@@ -78,8 +78,8 @@ def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
     result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "rep" / "budget.md").read_text()
-    assert "| motion (12.5 %) | pretrain-dec0.5-4.pt | 2 | 2 | 3 |" in report
-    assert "| shape (25.0 %) | scratch | 2 | 2 | 3 |" in report
+    assert "| motion (12.5 %) | pretrain-dec0.5-4.pt | 0.001 | 2 | 2 | 3 |" in report
+    assert "| shape (25.0 %) | scratch | 0.0005 | 2 | 2 | 3 |" in report
 
 
 def test_shape_label_is_drawn_apart_from_the_motion_label():
