@@ -22,13 +22,14 @@ import click
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 
 from shard_tools.synth import CLASSES, SHAPES, clip_shape, render_clip
 from vmae2 import optim
 from vmae2.checkpoint import load_classifier
 from vmae2.config import PRESETS
 from vmae2.masking import dual_masks
-from vmae2.model import VideoClassifier, VideoMAEv2
+from vmae2.model import IMAGENET_MEAN, IMAGENET_STD, VideoClassifier, VideoMAEv2
 
 REPORT_DIR = Path(__file__).parent / "reports" / "cpu"
 SOURCE_FRAMES, SOURCE_WIDTH, SOURCE_HEIGHT, STRIDE = 64, 160, 128, 2
@@ -57,6 +58,34 @@ def sample_clips(frames: np.ndarray, videos: np.ndarray, rng: np.random.Generato
         y, x = rng.integers(0, SOURCE_HEIGHT - size + 1), rng.integers(0, SOURCE_WIDTH - size + 1)
         clips.append(frames[v, t:t + span:STRIDE, y:y + size, x:x + size])
     return torch.from_numpy(np.stack(clips))                         # (B, T, H, W, 3) uint8
+
+
+class SmallConvNet(torch.nn.Module):
+    """A 4-stage 3D CNN (0.49 M parameters) for `finetune --arch cnn`.
+
+    A baseline with convolutional priors: it asks whether a label can be learned from this many
+    labeled clips at all, apart from the data hunger of a ViT trained from scratch.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+
+        def stage(inputs, outputs, kernel, stride):
+            padding = tuple(k // 2 for k in kernel)
+            return [torch.nn.Conv3d(inputs, outputs, kernel, stride, padding, bias=False),
+                    torch.nn.BatchNorm3d(outputs), torch.nn.ReLU()]
+
+        self.features = torch.nn.Sequential(*stage(3, 24, (1, 5, 5), (1, 2, 2)), *stage(24, 48, (3, 3, 3), 2),
+                                            *stage(48, 96, (3, 3, 3), 2), *stage(96, 128, (3, 3, 3), 2),
+                                            torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+        self.head = torch.nn.Linear(128, num_classes)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips: uint8 (B, T, H, W, 3), as VideoClassifier takes them."""
+        x = (clips.permute(0, 4, 1, 2, 3).float() - self.mean) / self.std
+        return self.head(self.features(x))
 
 
 def append_result(out: Path, row: dict) -> None:
@@ -123,9 +152,13 @@ def pretrain(out, steps, videos, decoder_mask_ratio, save_every, threads):
 @click.option("--label", type=click.Choice(["motion", "shape"]), default="motion", show_default=True,
               help="What to classify: the set's motion class (8) or, as a check of the classifier, the shape kind (4).")
 @click.option("--lr", default=1e-3, show_default=True, help="Peak lr (8 clips per step), layer decay 0.75 below it.")
+@click.option("--arch", type=click.Choice(["vit", "cnn"]), default="vit", show_default=True,
+              help="vit: tiny's VideoClassifier; cnn: SmallConvNet, a from-scratch baseline (no --init).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads.")
-def finetune(out, init, steps, videos, val_videos, label, lr, threads):
-    """Fine-tune tiny (layer decay 0.75, label smoothing 0.1, drop path 0.1) and measure top-1."""
+def finetune(out, init, steps, videos, val_videos, label, lr, arch, threads):
+    """Fine-tune tiny (layer decay 0.75, label smoothing 0.1, drop path 0.1), or train the CNN baseline; measure top-1."""
+    if arch == "cnn" and init:
+        raise click.UsageError("--init loads ViT weights; --arch cnn trains from scratch only.")
     torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,12 +166,17 @@ def finetune(out, init, steps, videos, val_videos, label, lr, threads):
     train_labels, train_frames = render_set(1, videos, label)
     val_labels, val_frames = render_set(2, val_videos, label)
     torch.manual_seed(0)
-    model = VideoClassifier(cfg, len(SHAPES if label == "shape" else CLASSES), drop_path=0.1)
+    num_classes = len(SHAPES if label == "shape" else CLASSES)
     report = "from scratch"
-    if init:
-        report = str(load_classifier(model, torch.load(init, map_location="cpu"), name=init))
-    optimizer = torch.optim.AdamW(optim.layer_decay_param_groups(model, 0.05, 0.75), lr=lr,
-                                  betas=(0.9, 0.999), fused=True)
+    if arch == "cnn":
+        model = SmallConvNet(num_classes)
+        groups = param_groups_weight_decay(model, 0.05)             # no decay for biases and norms
+    else:
+        model = VideoClassifier(cfg, num_classes, drop_path=0.1)
+        if init:
+            report = str(load_classifier(model, torch.load(init, map_location="cpu"), name=init))
+        groups = optim.layer_decay_param_groups(model, 0.05, 0.75)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=True)
     rng, start, losses = np.random.default_rng(1), time.perf_counter(), []
     for step in range(steps):
         optim.set_lr(optimizer, optim.lr_at(step, peak_lr=lr, min_lr=lr / 1000, warmup_steps=steps // 10,
@@ -158,7 +196,7 @@ def finetune(out, init, steps, videos, val_videos, label, lr, threads):
             probs = sum(model(sample_clips(val_frames, batch, eval_rng, cfg.num_frames, cfg.img_size)).softmax(-1)
                         for _ in range(2))                          # 2 random views per video
             correct += int((probs.argmax(-1).numpy() == val_labels[batch]).sum())
-    row = {"kind": "finetune", "label": label, "lr": lr, "init": init or None, "init_report": report, "steps": steps, "videos": videos,
+    row = {"kind": "finetune", "arch": arch, "label": label, "lr": lr, "init": init or None, "init_report": report, "steps": steps, "videos": videos,
            "val_videos": val_videos, "top1": 100.0 * correct / val_videos,
            "final_train_loss": float(np.mean(losses[-50:])), "wall_s": time.perf_counter() - start}
     append_result(out, row)
@@ -186,7 +224,10 @@ def report(out, report_dir):
         if row["kind"] == "finetune":
             label = row.get("label", "motion")          # rows from before --label were all motion
             chance = 100 / len(SHAPES if label == "shape" else CLASSES)
-            lines.append(f"| {label} ({chance:.1f} %) | {Path(row['init']).name if row['init'] else 'scratch'} | "
+            start = Path(row["init"]).name if row["init"] else "scratch"
+            if row.get("arch") == "cnn":
+                start += " (3D CNN)"
+            lines.append(f"| {label} ({chance:.1f} %) | {start} | "
                          f"{row.get('lr', 1e-3):g} | {row['steps']} | {row['videos']} | {row['val_videos']} | {row['top1']:.1f} | "
                          f"{row['final_train_loss']:.3f} |")
     for ratio, curve in curves.items():

@@ -70,9 +70,15 @@ def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
     result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--steps", "2", "--videos", "2",
                                          "--val-videos", "3", "--label", "shape", "--lr", "5e-4"])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--steps", "2", "--videos", "2",
+                                         "--val-videos", "3", "--label", "shape", "--arch", "cnn"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--arch", "cnn", "--init", init])
+    assert result.exit_code == 2 and "--arch cnn trains from scratch only" in result.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune"]
-    assert [r["label"] for r in rows[1:]] == ["motion", "motion", "shape"]
+    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune", "finetune"]
+    assert [r["label"] for r in rows[1:]] == ["motion", "motion", "shape", "shape"]
+    assert [r["arch"] for r in rows[1:]] == ["vit", "vit", "vit", "cnn"]
     assert rows[1]["init_report"] == "from scratch" and rows[2]["init_report"].startswith("loaded 54 tensors")
     assert all(r["top1"] in (0.0, 100 / 3, 200 / 3, 100.0) for r in rows[1:])
     result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
@@ -80,6 +86,7 @@ def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
     report = (tmp_path / "rep" / "budget.md").read_text()
     assert "| motion (12.5 %) | pretrain-dec0.5-4.pt | 0.001 | 2 | 2 | 3 |" in report
     assert "| shape (25.0 %) | scratch | 0.0005 | 2 | 2 | 3 |" in report
+    assert "| shape (25.0 %) | scratch (3D CNN) | 0.001 | 2 | 2 | 3 |" in report
 
 
 def test_shape_label_is_drawn_apart_from_the_motion_label():
