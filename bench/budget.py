@@ -156,7 +156,10 @@ def pretrain(out, steps, videos, decoder_mask_ratio, save_every, threads):
               help="vit: tiny's VideoClassifier; cnn: SmallConvNet, a from-scratch baseline (no --init).")
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads.")
 def finetune(out, init, steps, videos, val_videos, label, lr, arch, threads):
-    """Fine-tune tiny (layer decay 0.75, label smoothing 0.1, drop path 0.1), or train the CNN baseline; measure top-1."""
+    """Fine-tune tiny (layer decay 0.75, label smoothing 0.1, drop path 0.1), or train the CNN baseline.
+
+    Either way, measure top-1 on the validation videos.
+    """
     if arch == "cnn" and init:
         raise click.UsageError("--init loads ViT weights; --arch cnn trains from scratch only.")
     torch.set_num_threads(threads)
@@ -196,8 +199,8 @@ def finetune(out, init, steps, videos, val_videos, label, lr, arch, threads):
             probs = sum(model(sample_clips(val_frames, batch, eval_rng, cfg.num_frames, cfg.img_size)).softmax(-1)
                         for _ in range(2))                          # 2 random views per video
             correct += int((probs.argmax(-1).numpy() == val_labels[batch]).sum())
-    row = {"kind": "finetune", "arch": arch, "label": label, "lr": lr, "init": init or None, "init_report": report, "steps": steps, "videos": videos,
-           "val_videos": val_videos, "top1": 100.0 * correct / val_videos,
+    row = {"kind": "finetune", "arch": arch, "label": label, "lr": lr, "init": init or None, "init_report": report,
+           "steps": steps, "videos": videos, "val_videos": val_videos, "top1": 100.0 * correct / val_videos,
            "final_train_loss": float(np.mean(losses[-50:])), "wall_s": time.perf_counter() - start}
     append_result(out, row)
     print(row, flush=True)
@@ -218,7 +221,8 @@ def report(out, report_dir):
                           "processor": platform.processor() or platform.machine()}}
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| label (chance) | init | peak lr | fine-tune steps | train videos | val videos | top-1 (%) | final train loss |",
+    lines = ["| label (chance) | init | peak lr | fine-tune steps | train videos | val videos | top-1 (%) "
+             "| final train loss |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["kind"] == "finetune":
@@ -228,8 +232,8 @@ def report(out, report_dir):
             if row.get("arch") == "cnn":
                 start += " (3D CNN)"
             lines.append(f"| {label} ({chance:.1f} %) | {start} | "
-                         f"{row.get('lr', 1e-3):g} | {row['steps']} | {row['videos']} | {row['val_videos']} | {row['top1']:.1f} | "
-                         f"{row['final_train_loss']:.3f} |")
+                         f"{row.get('lr', 1e-3):g} | {row['steps']} | {row['videos']} | {row['val_videos']} | "
+                         f"{row['top1']:.1f} | {row['final_train_loss']:.3f} |")
     for ratio, curve in curves.items():
         marks = [c for c in curve if c["step"] % 1000 == 0 or c is curve[0]]
         lines.append(f"\nPre-training loss, decoder_mask_ratio {ratio} (mean of 100 steps): "
