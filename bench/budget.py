@@ -33,6 +33,7 @@ from vmae2.model import IMAGENET_MEAN, IMAGENET_STD, VideoClassifier, VideoMAEv2
 
 REPORT_DIR = Path(__file__).parent / "reports" / "cpu"
 SOURCE_FRAMES, SOURCE_WIDTH, SOURCE_HEIGHT, STRIDE = 64, 160, 128, 2
+NOTES_MARK = "<!-- written by hand below: `report` keeps it -->"
 
 
 def render_set(seed: int, num_videos: int, label: str = "motion") -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +211,10 @@ def finetune(out, init, steps, videos, val_videos, label, lr, arch, threads):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder of the runs.")
 @click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where budget.{json,md} go.")
 def report(out, report_dir):
-    """Gather OUT/results.jsonl and the curves into bench/reports/cpu/budget.{json,md}."""
+    """Gather OUT/results.jsonl and the curves into bench/reports/cpu/budget.{json,md}.
+
+    The prose of budget.md below NOTES_MARK is kept.
+    """
     out, report_dir = Path(out), Path(report_dir)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     # Curves are read from their files, so a pre-training run still going (or stopped) shows too.
@@ -238,7 +242,10 @@ def report(out, report_dir):
         marks = [c for c in curve if c["step"] % 1000 == 0 or c is curve[0]]
         lines.append(f"\nPre-training loss, decoder_mask_ratio {ratio} (mean of 100 steps): "
                      + ", ".join(f"{c['step']}: {c['loss']:.4f}" for c in marks))
-    (report_dir / "budget.md").write_text("\n".join(lines) + "\n")
+    md = report_dir / "budget.md"
+    old = md.read_text() if md.exists() else ""
+    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
+    md.write_text("\n".join(lines) + "\n" + (f"\n{notes}" if notes else ""))
     print("\n".join(lines))
 
 

@@ -87,6 +87,10 @@ def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
     assert "| motion (12.5 %) | pretrain-dec0.5-4.pt | 0.001 | 2 | 2 | 3 |" in report
     assert "| shape (25.0 %) | scratch | 0.0005 | 2 | 2 | 3 |" in report
     assert "| shape (25.0 %) | scratch (3D CNN) | 0.001 | 2 | 2 | 3 |" in report
+    (tmp_path / "rep" / "budget.md").write_text(report + f"\n{budget.NOTES_MARK}\n\nWhat the rows show.\n")
+    result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rep" / "budget.md").read_text() == report + f"\n{budget.NOTES_MARK}\n\nWhat the rows show.\n"
 
 
 def test_shape_label_is_drawn_apart_from_the_motion_label():
