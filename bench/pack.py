@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 
 import click

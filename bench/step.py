@@ -19,8 +19,8 @@ import torch
 
 import vmae2
 from bench.env import device_label, environment, write_json
+from dali_pipes.masking import dual_masks
 from vmae2.flops import pretrain_flops
-from vmae2.masking import dual_masks
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s (1 multiply-add = 2 FLOPs).
 DATASHEET_BF16_TFLOPS = {"h100 80gb hbm3": 989.4, "h100 sxm": 989.4, "h200": 989.4, "h100 pcie": 756.0,

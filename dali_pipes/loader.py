@@ -4,7 +4,7 @@ Batch contract (what vmae2's pre-training forward takes, plus bookkeeping):
 
     video   uint8  (B·N, T, S, S, 3)      on the device; clip b·N + j is crop j of sample b
     masks   {"visible_idx": (B·N, N_vis), "query_idx": (B·N, N_query), "loss_idx": (B·N, N_loss)}
-            int64, sorted, from vmae2.masking.dual_masks, on the device
+            int64, sorted, from dali_pipes.masking.dual_masks, on the device
     keys    list of B·N sample keys, aligned with the clips (each key repeated N times)
     label   int64 (B·N,) on the device, −1 for unlabeled samples
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .manifest import open_shards
-from .pipeline import CLIP_INPUTS, CLIP_OUTPUTS, clip_pipeline, sampling_pipeline
+from .pipeline import CLIP_INPUTS, clip_pipeline, sampling_pipeline
 from .sampling import SamplingConfig
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmae2.masking import dual_masks, token_grid
+from dali_pipes.masking import dual_masks, token_grid
 
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)  # of the short side (GroupMultiScaleCrop)
 
@@ -82,7 +82,7 @@ def sample_params(meta: dict, rng: np.random.Generator, cfg: SamplingConfig) -> 
     """Clip start, num_sample crop boxes and num_sample dual masks for one video.
 
     Returns start (int), boxes (N, 4) int [x0, y0, w, h], and visible_idx / query_idx / loss_idx
-    (N, count) int64 from vmae2.masking.dual_masks.
+    (N, count) int64 from dali_pipes.masking.dual_masks.
     """
     start = clip_start(rng, int(meta["num_frames"]), cfg.num_frames, cfg.stored_stride)
     boxes = np.array([multiscale_crop(rng, int(meta["width"]), int(meta["height"]), cfg.img_size)

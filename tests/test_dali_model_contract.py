@@ -5,8 +5,8 @@ import torch
 from test_dali_clips import make_shards
 
 import dali_pipes
+from dali_pipes.masking import mask_counts, token_grid
 from vmae2.config import model_config
-from vmae2.masking import mask_counts, token_grid
 from vmae2.model import VideoMAEv2
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nvidia.dali import fn, pipeline_def
+from nvidia.dali import pipeline_def
 from test_dali_clips import HEIGHT, WIDTH, crop_box, frame_numbers, make_shards, pyav_frames
 
 import dali_pipes
 from dali_pipes import graph
+from dali_pipes.masking import mask_counts, running_cell_mask
 from dali_pipes.sampling import crop_size_pairs, fix_offsets, frame_indices
-from vmae2.masking import mask_counts, running_cell_mask
 
 T, STRIDE, SIZE, PATCH = 8, 2, 32, 8
 LENGTHS = [30, 9, 20, 16, 25, 12, 33, 10]  # 9, 12 and 10 are shorter than the 15-frame span

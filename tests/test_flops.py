@@ -8,9 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vmae2
 from bench.flops import flops_rows, main
+from dali_pipes.masking import dual_masks
 from vmae2.config import PRESETS
 from vmae2.flops import LAYERNORM_FLOPS, classifier_flops, pretrain_flops
-from vmae2.masking import dual_masks
 
 
 def test_vit_b_matches_paper_table_2():

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2.masking import (dual_masks, from_boolean, mask_counts, running_cell_mask, token_grid,
-                           tube_mask)
+from dali_pipes.masking import dual_masks, from_boolean, mask_counts, running_cell_mask, token_grid, tube_mask
 
 GRID_B = (8, 14, 14)   # ViT-B, 16x224x224, patch 16
 GRID_G = (8, 16, 16)   # ViT-g, patch 14

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vmae2
-from vmae2.masking import dual_masks
+from dali_pipes.masking import dual_masks
 from vmae2.model import Attention, sinusoid_table
 
 

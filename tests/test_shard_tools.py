@@ -7,6 +7,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_shard_pack import make_clip
 
 from shard_tools.cli import main
 from shard_tools.format import read_manifest
@@ -14,7 +15,6 @@ from shard_tools.info import info
 from shard_tools.pack import pack
 from shard_tools.synth import CLASSES, make_synthetic, render_clip
 from shard_tools.verify import verify
-from test_shard_pack import make_clip
 
 
 @pytest.fixture()

@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from vmae2.train_config import (ConfigError, FinetuneConfig, PretrainConfig, finetune_config, load_config,
-                                parse_set_args, pretrain_config, save_config)
+from vmae2.train_config import (
+    ConfigError,
+    FinetuneConfig,
+    PretrainConfig,
+    finetune_config,
+    load_config,
+    parse_set_args,
+    pretrain_config,
+    save_config,
+)
 
 
 def test_presets_carry_the_spec_recipe():

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dali_pipes.masking import dual_masks, token_grid
 from vmae2 import ckpt_io
-from vmae2.masking import dual_masks, token_grid
 from vmae2.train import NonFiniteLoss, train
 from vmae2.train_config import pretrain_config
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dali_pipes.masking import dual_masks
 from vmae2 import build_pretrain_model
-from vmae2.masking import dual_masks
 from vmae2.model import normalize_video
 from vmae2.visualize import GREY, reconstruct, render_png, unpatchify
 

@@ -27,7 +27,7 @@ class ModelConfig:
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        from .masking import token_grid
+        from dali_pipes.masking import token_grid
 
         return token_grid(self.num_frames, self.img_size, self.patch_size, self.tubelet_size)
 

@@ -5,8 +5,9 @@ counted; the cube embedding runs over all tokens; attention counts its two NÃ—NÃ
 """
 from __future__ import annotations
 
+from dali_pipes.masking import mask_counts
+
 from .config import ModelConfig
-from .masking import mask_counts
 
 LAYERNORM_FLOPS = 5
 

@@ -2,7 +2,7 @@
 
 Parameter names follow the published checkpoints (spec §6), so their state dicts load strictly.
 Inputs are uint8 clips (B, T, H, W, 3) straight from the loader; the model normalises them. Masks are
-fixed-size index tensors (see vmae2.masking): no boolean indexing, no host synchronisation, so the
+fixed-size index tensors (see dali_pipes.masking): no boolean indexing, no host synchronisation, so the
 whole model compiles with fullgraph=True.
 """
 from __future__ import annotations

@@ -245,7 +245,7 @@ def check(cfg) -> None:
     try:
         cfg.model.grid
         if isinstance(cfg, PretrainConfig):
-            from .masking import mask_counts
+            from dali_pipes.masking import mask_counts
             mask_counts(cfg.model.grid, cfg.model.encoder_mask_ratio, cfg.model.decoder_mask_ratio)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None

@@ -4,7 +4,7 @@ A torch DataLoader whose worker processes each decode one video with decord (PyA
 not installed), cut num_sample multi-scale crops with PIL bilinear resizing, draw the dual masks on
 the CPU and collate. It reads the same vmae2-shard tars (through their index files) and draws its
 random choices with the very same functions as the DALI pipeline (dali_pipes.sampling,
-vmae2.masking), so the two differ only in how they decode and crop. Batches have the same fields
+dali_pipes.masking), so the two differ only in how they decode and crop. Batches have the same fields
 as dali_pipes.pretrain_loader's; the video is moved to the device in the main process.
 """
 from __future__ import annotations

@@ -11,7 +11,8 @@ The model takes masks as three fixed-size, sorted index arrays (no boolean index
                               also removed by the encoder (the loss)
 
 This module is numpy in, numpy out and seeded by a `numpy.random.Generator`, so the data pipeline
-(dali_pipes) generates masks with the very same code the tests check.
+(the sampling pipeline) and the model side share one implementation. It imports numpy only, so
+the model, DALI's python_function and the reference loader can all import it cheaply.
 """
 from __future__ import annotations
 

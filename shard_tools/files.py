@@ -1,0 +1,40 @@
+"""Files that are either whole or absent: every writer in vmae2 goes through these.
+
+Data goes to `PATH.tmp` first, is flushed to disk, then renamed over PATH; a crash at any point
+leaves the old file (or none) and at worst a stray `.tmp`, never a torn PATH. The rename is atomic
+on POSIX file systems. Used by shard_tools, dali_pipes, vmae2 and bench alike (this is the most
+upstream package, so everyone may import it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def tmp_path(path) -> str:
+    """The temporary name a file is written under before it is renamed to `path`."""
+    return f"{os.fspath(path)}.tmp"
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename."""
+    tmp = tmp_path(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """`text` as UTF-8, through a temporary file and a rename."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path, obj, *, indent: int | None = 1, sort_keys: bool = True) -> Path:
+    """`obj` as JSON (UTF-8, non-ASCII kept, trailing newline), through a temporary file and a rename."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+    return write_text_atomic(path, text)
+
