@@ -27,9 +27,9 @@ from timm.optim import param_groups_weight_decay
 from dali_pipes.masking import dual_masks
 from shard_tools.synth import CLASSES, SHAPES, clip_shape, render_clip
 from vmae2 import optim
-from vmae2.checkpoint import load_classifier
 from vmae2.config import PRESETS
 from vmae2.model import IMAGENET_MEAN, IMAGENET_STD, VideoClassifier, VideoMAEv2
+from vmae2.weights import load_classifier
 
 REPORT_DIR = Path(__file__).parent / "reports" / "cpu"
 SOURCE_FRAMES, SOURCE_WIDTH, SOURCE_HEIGHT, STRIDE = 64, 160, 128, 2

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vmae2 import ckpt_io
+from vmae2 import checkpoint, weights
 from vmae2.cli import main
 
 SMALL_SETS = ["model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=48",
@@ -62,7 +62,7 @@ def test_cli_pretrain_then_visualize_then_finetune(tmp_path, shards, val_shards)
     assert [r["step"] for r in rows(run)] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["data"] == str(shards)
     assert (run / "tensorboard").is_dir() and any((run / "tensorboard").iterdir())
-    assert [s for s, _ in ckpt_io.list_checkpoints(run)] == [2, 4]
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [2, 4]
 
     png = tmp_path / "recon.png"
     result = invoke(["visualize", "--ckpt", run, "--data", shards, "--out", png, "--num-clips", 2])
@@ -115,12 +115,12 @@ def test_sigkill_then_same_command_reproduces_the_straight_run(tmp_path, shards)
             break
         time.sleep(0.01)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert max(s for s, _ in ckpt_io.list_checkpoints(killed)) < 24
+    assert max(s for s, _ in checkpoint.list_checkpoints(killed)) < 24
     subprocess.run(command(killed), check=True, env=env, capture_output=True)
 
     straight, resumed = rows(tmp_path / "straight"), rows(killed)
     assert [r["step"] for r in resumed] == list(range(1, 25))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
-    a = torch.load(tmp_path / "straight" / ckpt_io.FINAL_WEIGHTS, weights_only=True)
-    b = torch.load(killed / ckpt_io.FINAL_WEIGHTS, weights_only=True)
+    a = torch.load(tmp_path / "straight" / weights.FINAL_WEIGHTS, weights_only=True)
+    b = torch.load(killed / weights.FINAL_WEIGHTS, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dali_pipes.masking import dual_masks, token_grid
-from vmae2 import ckpt_io
+from vmae2 import checkpoint, weights
 from vmae2.train import NonFiniteLoss, train
 from vmae2.train_config import pretrain_config
 
@@ -99,7 +99,7 @@ def read_metrics(run_dir):
 
 
 def final_weights(run_dir):
-    return torch.load(Path(run_dir) / ckpt_io.FINAL_WEIGHTS, weights_only=True)
+    return torch.load(Path(run_dir) / weights.FINAL_WEIGHTS, weights_only=True)
 
 
 def test_straight_run_writes_config_metrics_checkpoints(tmp_path):
@@ -112,7 +112,7 @@ def test_straight_run_writes_config_metrics_checkpoints(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["img_size"] == 32 and saved["total_steps"] == 8
     # keep_last=1: only the final checkpoint is left; no temporary folders.
-    assert [s for s, _ in ckpt_io.list_checkpoints(tmp_path / "run")] == [8]
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [8]
     assert not list((tmp_path / "run").glob("*.tmp"))
     assert summary["steps"] == 8 and summary["last_checkpoint"].endswith("ckpt-00000008")
 
@@ -127,7 +127,7 @@ def test_resume_reproduces_the_straight_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         # Stop inside step 6, after the step-4 checkpoint: as a kill would, mid-way between checkpoints.
         train(cfg2, loader=_Interrupting(loader, after_batches=5))
-    assert [s for s, _ in ckpt_io.list_checkpoints(tmp_path / "resumed")] == [4]
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "resumed")] == [4]
     train(cfg2, loader=fake_loader(cfg2))       # the same command again: resumes from step 4
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == list(range(1, 9))

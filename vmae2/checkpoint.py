@@ -1,144 +1,127 @@
-"""Loading published VideoMAE V2 weights (spec §6) into our models.
+"""Training checkpoints that continue a run exactly, written so that a crash never leaves a torn one.
 
-Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
-arbitrary pickled objects. Every refusal names the file, the key and what to do.
+A checkpoint is a folder RUN_DIR/ckpt-{step:08d}/:
+
+    .metadata, *.distcp   model and optimizer, torch.distributed.checkpoint (DCP) format: each rank
+                          writes its own shards (FSDP2) and replicated tensors once (DDP)
+    rank{r}.pt            per-process state: RNG states and the loader's position
+    config.json           the run's resolved config
+    meta.json             step, world size, time; written last
+
+Every rank writes into ckpt-{step}.tmp/; after a barrier rank 0 writes meta.json and renames the
+folder, so a folder without the .tmp suffix is always complete. Only complete folders are resumed
+from. RUN_DIR must be on a file system that every node sees (multi-node runs).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from dataclasses import dataclass, field
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
-WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
+from . import distributed
 
-
-@dataclass
-class LoadReport:
-    """What a load did: keys taken, keys dropped on purpose, parameters left at their init."""
-
-    loaded: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    initialised: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        def short(keys: list[str]) -> str:
-            groups = sorted({k.split(".")[0] if not k.startswith("encoder.norm") else "encoder.norm" for k in keys})
-            return ", ".join(groups) or "none"
-        return (f"loaded {len(self.loaded)} tensors; dropped {len(self.dropped)} ({short(self.dropped)}); "
-                f"left at init {len(self.initialised)} ({short(self.initialised)})")
+PREFIX = "ckpt-"
 
 
-def read_state_dict(source, name: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """A flat state dict from a path or a loaded object, unwrapped and with compile/DDP prefixes removed."""
-    if isinstance(source, (str, os.PathLike)):
-        name = os.fspath(source)
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"checkpoint {name} does not exist")
-        try:
-            source = torch.load(name, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... by cause
-            raise ValueError(
-                f"{name} is not a loadable weights file ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                f"vmae2 loads tensors only (weights_only=True), so a file holding other pickled objects must "
-                f"be re-saved as a plain state dict"
-            ) from None
-    state = source
-    while isinstance(state, dict) and not _is_flat(state):
-        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
-        if inner is None:
-            raise ValueError(f"{name}: no state dict found; expected tensors at the top level or under one of "
-                             f"{', '.join(repr(k) for k in WRAPPER_KEYS)}, got keys {sorted(state)[:8]}")
-        state = inner
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"{name}: expected a non-empty dict of tensors, got {type(state).__name__}")
-    return {_strip(k): v for k, v in state.items()}
+@contextlib.contextmanager
+def single_process_quiet():
+    """DCP warns that it assumes a single process when torch.distributed is not initialised: we know."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
-def _is_flat(state: dict) -> bool:
-    return any(isinstance(v, torch.Tensor) for v in state.values())
+def ckpt_path(run_dir, step: int) -> Path:
+    return Path(run_dir) / f"{PREFIX}{step:08d}"
 
 
-def _strip(key: str) -> str:
-    key = key.replace("_orig_mod.", "")
-    return key[len("module."):] if key.startswith("module.") else key
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """Complete checkpoints in run_dir as (step, path), oldest first."""
+    out = []
+    for path in Path(run_dir).glob(f"{PREFIX}*"):
+        suffix = path.name[len(PREFIX):]
+        if path.is_dir() and suffix.isdigit() and (path / "meta.json").is_file():
+            out.append((int(suffix), path))
+    return sorted(out)
 
 
-def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    own = model.state_dict()
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(f"{name}: shape mismatch at {key}: checkpoint {tuple(value.shape)} vs model "
-                             f"{tuple(own[key].shape)}; build the model with the checkpoint's preset and sizes")
+def latest_checkpoint(run_dir) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
 
 
-def load_pretrain(model: nn.Module, source, name: str = "checkpoint") -> LoadReport:
-    """Load a pre-training checkpoint strictly into a VideoMAEv2 model."""
-    state = read_state_dict(source, name)
-    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else name
-    check_shapes(model, state, name)
-    _load_exact(model, state, name)
-    return LoadReport(loaded=sorted(state))
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _load_exact(model: nn.Module, state: dict, name: str) -> None:
-    own = set(model.state_dict())
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise ValueError(f"{name}: keys do not match the model: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-                         f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}; is it a checkpoint of "
-                         f"the other kind (pre-training vs fine-tuned) or another preset?")
-    model.load_state_dict(state, strict=True)
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def pretrain_to_classifier(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Encoder weights under classifier names; the decoder and the final encoder norm are dropped."""
-    kept, dropped = {}, []
-    for key, value in state.items():
-        if key.startswith("encoder.") and not key.startswith("encoder.norm."):
-            kept[key[len("encoder."):]] = value
-        else:
-            dropped.append(key)
-    return kept, sorted(dropped)
+def save(run_dir, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, rank_state: dict,
+         config: dict, env: distributed.DistEnv, keep_last: int) -> Path:
+    """Write checkpoint `step` atomically (all ranks call this) and delete all but the newest keep_last."""
+    final = ckpt_path(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if env.is_main and tmp.exists():
+        shutil.rmtree(tmp)   # left over from a run killed while saving
+    distributed.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with single_process_quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+    # Our own file, read back only by this code: plain torch.save (numpy and Python RNG states inside).
+    torch.save(rank_state, tmp / f"rank{env.rank}.pt")
+    distributed.barrier()
+    if env.is_main:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        meta = {"step": step, "world_size": env.world_size, "time": time.time()}
+        (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return final
 
 
-def read_head_rows(path) -> torch.Tensor:
-    """Row indices (one integer per line) that map a 710-class head onto a subset of classes."""
-    rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(int(line.split()[0]))
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: expected an integer row index, got {line.strip()!r}") from None
-    if not rows:
-        raise ValueError(f"{path}: no row indices found")
-    return torch.tensor(rows, dtype=torch.long)
-
-
-def load_classifier(model: nn.Module, source, head_rows=None, name: str = "checkpoint") -> LoadReport:
-    """Load a fine-tuned checkpoint strictly, or the encoder of a pre-training checkpoint.
-
-    head_rows: a path or 1-D index tensor selecting rows of the checkpoint's head (e.g. K710 -> K400).
-    """
-    state = read_state_dict(source, name)
-    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else name
-    if any(k.startswith("encoder.") for k in state):
-        state, dropped = pretrain_to_classifier(state)
-        check_shapes(model, state, name)
-        missing = sorted(set(model.state_dict()) - set(state))
-        if any(not k.startswith(("fc_norm.", "head.")) for k in missing):
-            raise ValueError(f"{name}: the pre-training checkpoint lacks encoder weights {missing[:6]}")
-        model.load_state_dict(state, strict=False)
-        return LoadReport(loaded=sorted(state), dropped=dropped, initialised=missing)
-    if head_rows is not None:
-        rows = read_head_rows(head_rows) if isinstance(head_rows, (str, os.PathLike)) else torch.as_tensor(head_rows)
-        num_rows = state["head.weight"].shape[0] if "head.weight" in state else 0
-        if rows.numel() and (rows.min() < 0 or rows.max() >= num_rows):
-            raise ValueError(f"{name}: head row indices must lie in [0, {num_rows}), got {rows.min()}..{rows.max()}")
-        state = dict(state, **{k: state[k][rows] for k in ("head.weight", "head.bias") if k in state})
-    check_shapes(model, state, name)
-    _load_exact(model, state, name)
-    return LoadReport(loaded=sorted(state))
+def load(path, model: nn.Module, optimizer: torch.optim.Optimizer, env: distributed.DistEnv) -> tuple[dict, dict]:
+    """Restore model and optimizer from checkpoint `path`; returns (meta, this rank's state)."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    if meta["world_size"] != env.world_size:
+        raise RuntimeError(f"{path} was written by {meta['world_size']} processes but this run has "
+                           f"{env.world_size}; exact resume needs the same world size (each rank's loader "
+                           f"position and RNG state are saved separately); start a new RUN_DIR, or finetune/"
+                           f"visualize from the checkpoint")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rank_state = torch.load(path / f"rank{env.rank}.pt", map_location="cpu", weights_only=False)
+    return meta, rank_state

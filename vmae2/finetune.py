@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import ckpt_io, distributed, optim
-from .checkpoint import load_classifier
+from . import checkpoint, distributed, optim, weights
+from .weights import load_classifier
 from .model import VideoClassifier
 from .train_config import FinetuneConfig, finetune_config, parse_set_args, save_config
 
@@ -79,7 +79,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     model = VideoClassifier(cfg.model, len(labels), drop_path=cfg.drop_path, head_dropout=cfg.head_dropout)
     init_report = "from scratch"
     if cfg.init:
-        state, _ = ckpt_io.read_model_state(cfg.init)
+        state, _ = weights.read_model_state(cfg.init)
         init_report = str(load_classifier(model, state, name=cfg.init))
     model.to(env.device)
     peak_lr = cfg.base_lr * cfg.batch_clips / 256
@@ -144,7 +144,7 @@ def run_finetune(preset: str, data: str, val_data: str, out: str, init: str = ""
         overrides["total_steps"] = steps
     if init:
         # Take the architecture of the pre-training run unless overridden.
-        _, config = ckpt_io.read_model_state(init)
+        _, config = weights.read_model_state(init)
         if config is not None:
             for key, value in config["model"].items():
                 overrides.setdefault(f"model.{key}", value)

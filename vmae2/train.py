@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import ckpt_io, distributed, optim
+from . import checkpoint, distributed, optim, weights
 from .model import VideoMAEv2
 from .train_config import PretrainConfig, parse_set_args, pretrain_config, save_config, to_json
 
@@ -166,12 +166,12 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
 
     # Resume from the newest complete checkpoint, if any; else start with per-rank RNG streams.
     step, config = 0, to_json(cfg)
-    latest = ckpt_io.latest_checkpoint(run_dir)
+    latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         check_resume_config(json.loads((latest / "config.json").read_text()), config, latest)
-        meta, rank_state = ckpt_io.load(latest, model, optimizer, env)
+        meta, rank_state = checkpoint.load(latest, model, optimizer, env)
         step = meta["step"]
-        ckpt_io.set_rng_state(rank_state["rng"], env.device)
+        checkpoint.set_rng_state(rank_state["rng"], env.device)
         loader.load_state_dict(rank_state["loader"])
         if env.is_main:
             print(f"resumed from {latest} at step {step}")
@@ -256,11 +256,11 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
 
         if step % cfg.save_every == 0 or step == cfg.total_steps:
             guard.check(last_ckpt, env.is_main)
-            rank_state = {"rng": ckpt_io.rng_state(env.device), "loader": loader.state_dict()}
-            last_ckpt = ckpt_io.save(run_dir, step, model, optimizer, rank_state, config, env, cfg.keep_last)
+            rank_state = {"rng": checkpoint.rng_state(env.device), "loader": loader.state_dict()}
+            last_ckpt = checkpoint.save(run_dir, step, model, optimizer, rank_state, config, env, cfg.keep_last)
     bar.close()
 
-    ckpt_io.export_weights(model, run_dir / ckpt_io.FINAL_WEIGHTS, env)
+    weights.export_weights(model, run_dir / weights.FINAL_WEIGHTS, env)
     for f in (metrics_file, keys_file):
         if f is not None:
             f.close()
@@ -286,7 +286,7 @@ def run_pretrain(preset: str, data: str, out: str, steps: int | None = None, set
     if steps is not None:
         overrides["total_steps"] = steps
     cfg = pretrain_config(preset, overrides)
-    latest = ckpt_io.latest_checkpoint(out) if Path(out).is_dir() else None
+    latest = checkpoint.latest_checkpoint(out) if Path(out).is_dir() else None
     if resume is True and latest is None:
         raise FileNotFoundError(f"--resume: {out} holds no complete checkpoint (ckpt-*/ with meta.json)")
     if resume is False and latest is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ckpt_io
+from . import weights
 from .config import ModelConfig
 from .model import VideoMAEv2, normalize_video
 
@@ -80,13 +80,13 @@ def render_png(images: dict[str, np.ndarray], out, num_frames: int = 4, scale: i
 
 def visualize(ckpt, data, out, num_clips: int = 2, num_frames: int = 4, seed: int = 0, device: str = "cpu") -> Path:
     """`vmae2-train visualize`: a few clips of `data` through the model of `ckpt`, saved as a PNG."""
-    state, config = ckpt_io.read_model_state(ckpt)
+    state, config = weights.read_model_state(ckpt)
     if config is None:
         raise ValueError(f"{ckpt}: a bare weights file has no config.json beside it; pass the run folder "
                          f"or a checkpoint folder of `vmae2-train pretrain`")
     cfg = ModelConfig(**config["model"])
     model = VideoMAEv2(cfg)
-    from .checkpoint import load_pretrain
+    from .weights import load_pretrain
 
     load_pretrain(model, state, name=str(ckpt))
     from dali_pipes import pretrain_loader

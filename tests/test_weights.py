@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vmae2
-from vmae2.checkpoint import load_classifier, load_pretrain, read_state_dict
+from vmae2.weights import load_classifier, load_pretrain, read_state_dict
 
 
 def tiny_models(seed=0):
