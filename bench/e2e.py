@@ -90,10 +90,12 @@ def run_e2e(data: str, preset: str, steps: int, overrides: dict, keep_dir: str |
 
 
 @click.command(help="Time the real loop (shards -> DALI -> trainer) for a fixed number of steps.")
-@click.option("--data", required=True, multiple=True, help="Shard folder or manifest; repeat to compare datasets (e.g. H.264 and VP9).")
+@click.option("--data", required=True, multiple=True,
+              help="Shard folder or manifest; repeat to compare datasets (e.g. H.264 and VP9).")
 @click.option("--preset", default="tiny", show_default=True, help="Training preset (vmae2-train presets).")
 @click.option("--steps", default=40, show_default=True, help="Optimizer steps per run.")
-@click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE", help="Training config overrides, as in vmae2-train.")
+@click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
+              help="Training config overrides, as in vmae2-train.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write rows and environment as JSON here.")
 def main(data, preset, steps, set_args, json_path):
     from vmae2.train_config import parse_set_args
@@ -107,7 +109,8 @@ def main(data, preset, steps, set_args, json_path):
         rows.append(row)
         util = (f"  GPU {row['gpu_util_pct']:.0f}%  NVDEC {row['nvdec_util_pct']:.0f}%"
                 if row["gpu_util_pct"] is not None else "")
-        click.echo(f"{path} ({row['codecs']}): {row['clips_per_s']:.1f} clips/s, step {row['step_time_s'] * 1e3:.0f} ms, "
+        click.echo(f"{path} ({row['codecs']}): {row['clips_per_s']:.1f} clips/s, "
+                   f"step {row['step_time_s'] * 1e3:.0f} ms, "
                    f"data wait {100 * row['data_wait_frac']:.1f}% of step time{util}")
     if json_path:
         write_json(json_path, {"bench": "e2e", "env": environment(), "rows": rows})

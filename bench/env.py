@@ -1,23 +1,48 @@
-"""What every report records beside its numbers: hardware, versions, git commit, command line."""
+"""What every report records beside its numbers, and how reports are written.
+
+    environment()            hardware, versions, git commit (and whether the tree was dirty), command line
+    git_commit(), git_dirty()
+    write_json(path, obj)    a bench's JSON, atomically
+    write_report(path, text) a generated markdown report; the hand-written notes below NOTES_MARK survive reruns
+
+A report measured on a tree with uncommitted changes cannot name the code it measured: environment()
+records `git_dirty: true`, and bench.report flags such a section with DIRTY_WARNING (it never prints
+a commit with a "+dirty" suffix as if it named the code).
+"""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from shard_tools.files import write_json_atomic, write_text_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTES_MARK = "<!-- notes: kept by reruns -->"
+DIRTY_WARNING = ("> **Warning: measured on a working tree with uncommitted changes**; the commit below does not "
+                 "name the code that ran. Rerun from a clean checkout before committing these numbers.")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def git_commit() -> str:
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """Short hash of HEAD of this checkout, or 'unknown' outside git (never with a '+dirty' suffix)."""
+    return _git("rev-parse", "--short", "HEAD") or "unknown"
+
+
+def git_dirty() -> bool | None:
+    """True when tracked files differ from HEAD (untracked files do not count); None outside git."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def cpu_name() -> str:
@@ -40,28 +65,33 @@ def command_line() -> str:
     return " ".join(sys.argv)
 
 
+def _version(module: str) -> str | None:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except Exception:  # an absent or broken optional library is recorded as absent
+        return None
+
+
 def environment() -> dict:
-    """Hardware and library versions of this process's machine."""
+    """Hardware and library versions of this process's machine, the git commit and the command line."""
     import numpy
     import torch
 
     env = {
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "command": command_line(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
+        "dali": _version("nvidia.dali"),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "device": "cpu",
     }
-    try:
-        import nvidia.dali
-
-        env["dali"] = nvidia.dali.__version__
-    except ImportError:
-        env["dali"] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env.update(device="cuda", gpu=props.name, gpu_count=torch.cuda.device_count(),
@@ -75,6 +105,11 @@ def environment() -> dict:
     return env
 
 
+def is_dirty(env: dict | None) -> bool:
+    """Whether a recorded environment came from a dirty tree (also older JSON with a '+dirty' commit)."""
+    return bool(env) and (bool(env.get("git_dirty")) or str(env.get("git_commit", "")).endswith("+dirty"))
+
+
 def device_label(env: dict) -> str:
     """Folder name for a device's reports: 'cpu' or e.g. 'nvidia-h100-80gb-hbm3'."""
     if env.get("device") != "cuda":
@@ -82,10 +117,36 @@ def device_label(env: dict) -> str:
     return "".join(c if c.isalnum() else "-" for c in env["gpu"].lower()).strip("-")
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Atomically write a report's JSON (temp name, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+def write_json(path, payload: dict) -> None:
+    """A report's JSON, written atomically (shard_tools.files); parent folders are made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, payload, sort_keys=False)
+
+
+def kept_notes(path) -> str:
+    """The hand-written part of an existing report: from the NOTES_MARK line to the end ('' if none)."""
+    try:
+        old = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    lines = old.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == NOTES_MARK:
+            return "".join(lines[i:])
+    return ""
+
+
+def write_report(path, text: str) -> str:
+    """Write a generated markdown report atomically, keeping its hand-written notes.
+
+    Everything from the line NOTES_MARK on in the existing file is kept below the new text; a new
+    report ends with the marker, so there is a place to write notes that the next rerun keeps.
+    Returns what was written.
+    """
+    if NOTES_MARK in text:
+        raise ValueError(f"generated text for {path} must not contain the notes marker {NOTES_MARK!r}")
+    notes = kept_notes(path) or NOTES_MARK + "\n"
+    full = text.rstrip("\n") + "\n\n" + notes
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, full)
+    return full

@@ -63,7 +63,8 @@ def project(step: dict, loader: dict | None, e2e: dict | None, num_sample: int) 
             clips = videos * num_sample
             out = {"preset": preset, "dataset": dataset, "videos": videos, "clips_per_epoch": clips,
                    "clips_per_s_per_gpu": rate, "limited_by": bound_by,
-                   "model_config": f"clips={row['clips_per_step']} compile={row['compile']} ckpt={row['activation_checkpointing']}"}
+                   "model_config": f"clips={row['clips_per_step']} compile={row['compile']} "
+                                   f"ckpt={row['activation_checkpointing']}"}
             for gpus in GPU_COUNTS:
                 out[f"hours_{gpus}gpu"] = clips / (rate * gpus) / 3600
             rows.append(out)
@@ -78,7 +79,8 @@ def read_json(path: str | None) -> dict | None:
 
 
 @click.command(help="Project one pre-training epoch's wall time (K400, UnlabeledHybrid) from measured bench JSON.")
-@click.option("--step", "step_path", required=True, type=click.Path(exists=True, dir_okay=False), help="bench.step JSON.")
+@click.option("--step", "step_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="bench.step JSON.")
 @click.option("--loader", "loader_path", type=click.Path(exists=True, dir_okay=False), help="bench.loader JSON.")
 @click.option("--e2e", "e2e_path", type=click.Path(exists=True, dir_okay=False), help="bench.e2e JSON.")
 @click.option("--num-sample", default=4, show_default=True, help="Clips per video per epoch (repeated augmentation).")

@@ -1,10 +1,12 @@
 """Gather the JSON of every bench into one report per device, with tables and PNG plots.
 
-    python -m bench.report [--reports bench/reports]
+    python -m bench.report [--reports bench/reports] [--folder DIR]
 
 Reads `bench/reports/<device>/*.json` (written by `python -m bench.NAME --json ...`) and writes
 `bench/reports/<device>/README.md` plus plots beside it. Every section is headed by the hardware,
-versions, git commit and command line its JSON recorded; no number is typed by hand.
+versions, git commit and command line its JSON recorded; no number is typed by hand. A section
+measured on a tree with uncommitted changes carries a warning line (and one is printed). What is
+written by hand below the notes marker (bench.env.NOTES_MARK) survives a rerun.
 """
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ import os
 
 import click
 
-ORDER = ["flops", "step", "loader", "e2e", "epoch", "pack"]
-TITLES = {"flops": "FLOPs per clip (`bench.flops`)", "step": "Training step, model alone (`bench.step`)",
+from bench.env import DIRTY_WARNING, is_dirty, write_report
+
+ORDER = ["gpu_run", "gpu_tests", "flops", "step", "loader", "e2e", "epoch", "pack"]
+TITLES = {"gpu_run": "Acceptance run: parts and their outcome (`bench.gpu`)",
+          "gpu_tests": "GPU tests (`pytest -m gpu`, run by `bench.gpu`)",
+          "flops": "FLOPs per clip (`bench.flops`)", "step": "Training step, model alone (`bench.step`)",
           "loader": "Data loader against the reference loader (`bench.loader`)",
           "e2e": "End to end: shards → DALI → trainer (`bench.e2e`)",
           "epoch": "Projected epoch time (`bench.epoch`)", "pack": "Packing shards (`bench.pack`)"}
@@ -56,7 +62,8 @@ def env_header(env: dict | None) -> str:
     if not env:
         return "_environment not recorded_\n"
     hw = env.get("gpu") or env.get("cpu")
-    parts = [f"hardware: {hw} ({env.get('cpu_count')} CPU cores)", f"driver {env['driver']}" if env.get("driver") else None,
+    parts = [f"hardware: {hw} ({env.get('cpu_count')} CPU cores)",
+             f"driver {env['driver']}" if env.get("driver") else None,
              f"torch {env.get('torch')}", f"DALI {env.get('dali')}" if env.get("dali") else None,
              f"python {env.get('python')}", f"commit `{env.get('git_commit')}`", env.get("time_utc")]
     text = "; ".join(p for p in parts if p)
@@ -78,7 +85,8 @@ def plot_step(payload: dict, folder: str, name: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     series = {}
     for r in rows:
-        label = f"{r['preset']} ratio {r['decoder_mask_ratio']} compile={r['compile']} ckpt={r['activation_checkpointing']}"
+        label = (f"{r['preset']} ratio {r['decoder_mask_ratio']} compile={r['compile']} "
+                 f"ckpt={r['activation_checkpointing']}")
         series.setdefault(label, []).append((r["clips_per_step"], r["clips_per_s"]))
     for label, points in series.items():
         points.sort()
@@ -95,7 +103,8 @@ def plot_step(payload: dict, folder: str, name: str) -> list[str]:
     summary = payload.get("dual_masking", [])
     if summary:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        labels = [f"{s['preset']} b{s['clips_per_step']} c{int(s['compile'])} a{int(s['activation_checkpointing'])}" for s in summary]
+        labels = [f"{s['preset']} b{s['clips_per_step']} c{int(s['compile'])} a{int(s['activation_checkpointing'])}"
+                  for s in summary]
         ax.bar(labels, [s["speedup"] for s in summary], label="measured")
         ax.axhline(1.79, color="k", linestyle="--", label="paper ViT-B 1.79x")
         ax.set_ylabel("dual / encoder-only step speed")
@@ -118,7 +127,8 @@ def plot_loader(payload: dict, folder: str, name: str) -> list[str]:
     rows = [r for r in payload.get("rows", []) if "clips_per_s" in r]
     if not rows:
         return []
-    label_keys = [k for k in ("loader", "pipeline", "codec", "workers", "threads", "num_threads") if any(k in r for r in rows)]
+    label_keys = [k for k in ("loader", "pipeline", "codec", "workers", "threads", "num_threads")
+                  if any(k in r for r in rows)]
     labels = [" ".join(f"{r[k]}" for k in label_keys if k in r) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(labels, [r["clips_per_s"] for r in rows])
@@ -134,7 +144,8 @@ def plot_loader(payload: dict, folder: str, name: str) -> list[str]:
 PLOTS = {"step": plot_step, "loader": plot_loader}
 
 
-def render(folder: str) -> str:
+def render(folder: str, warn=None) -> str:
+    """The README of one device folder; `warn(message)` is called once per dirty section."""
     reports = load_reports(folder)
     device = os.path.basename(os.path.normpath(folder))
     text = [f"# vmae2 benchmark report: {device}\n",
@@ -147,6 +158,11 @@ def render(folder: str) -> str:
         payload = reports[name]
         title = TITLES.get(kind(name), name) + (f": `{name}.json`" if name != kind(name) else "")
         text.append(f"## {title}\n")
+        if is_dirty(payload.get("env")):
+            text.append(DIRTY_WARNING + "\n")
+            if warn is not None:
+                warn(f"warning: {os.path.join(folder, name)}.json was measured on a tree with uncommitted "
+                     f"changes; rerun it from a clean checkout before committing the report")
         text.append(env_header(payload.get("env")))
         for key in ("notes", "summary_text"):
             if payload.get(key):
@@ -163,20 +179,30 @@ def render(folder: str) -> str:
     return "\n".join(text)
 
 
+def write_readme(folder: str, warn=None) -> str:
+    """Render one device folder into its README.md (hand-written notes kept); returns the path."""
+    path = os.path.join(folder, "README.md")
+    write_report(path, render(folder, warn))
+    return path
+
+
 @click.command(help="Gather bench JSON files into bench/reports/<device>/README.md with tables and PNG plots.")
 @click.option("--reports", default=os.path.join("bench", "reports"), show_default=True,
               type=click.Path(file_okay=False), help="Folder holding one sub-folder of JSON files per device.")
-def main(reports):
-    folders = sorted(d for d in glob.glob(os.path.join(reports, "*")) if os.path.isdir(d) and glob.glob(os.path.join(d, "*.json")))
+@click.option("--folder", default=None, type=click.Path(file_okay=False),
+              help="Render only this one folder of JSON files (e.g. the output of `python -m bench.gpu`).")
+def main(reports, folder):
+    if folder:
+        folders = [folder] if glob.glob(os.path.join(folder, "*.json")) else []
+    else:
+        folders = sorted(d for d in glob.glob(os.path.join(reports, "*"))
+                         if os.path.isdir(d) and glob.glob(os.path.join(d, "*.json")))
     if not folders:
-        raise click.ClickException(f"no JSON reports under {reports}/<device>/; run e.g. "
+        where = folder or f"{reports}/<device>/"
+        raise click.ClickException(f"no JSON reports in {where}; run e.g. "
                                    f"`python -m bench.step --json {reports}/cpu/step.json` first")
-    for folder in folders:
-        path = os.path.join(folder, "README.md")
-        with open(path + ".tmp", "w") as f:
-            f.write(render(folder))
-        os.replace(path + ".tmp", path)
-        click.echo(f"wrote {path}")
+    for one in folders:
+        click.echo(f"wrote {write_readme(one, warn=lambda message: click.echo(message, err=True))}")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def datasheet_peak(env: dict) -> float | None:
 
 def synthetic_batch(cfg, clips: int, device: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    video = torch.randint(0, 256, (clips, cfg.num_frames, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8, generator=g)
+    shape = (clips, cfg.num_frames, cfg.img_size, cfg.img_size, 3)
+    video = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
     masks = dual_masks(np.random.default_rng(seed), clips, cfg.grid, cfg.encoder_mask_ratio, cfg.decoder_mask_ratio)
     return video.to(device), {k: torch.from_numpy(v).to(device) for k, v in masks.items()}
 
@@ -148,7 +149,8 @@ def on_off(text: str) -> list[bool]:
 @click.option("--checkpointing", default="off,on", show_default=True, help="Activation checkpointing off/on.")
 @click.option("--batch", "batches", default=None,
               help="Comma-separated clips per step [default: 8 on CPU; the paper's 32 videos x 4 = 128 on GPU].")
-@click.option("--max-batch/--no-max-batch", default=None, help="Also find the largest batch that fits [default: on GPU].")
+@click.option("--max-batch/--no-max-batch", default=None,
+              help="Also find the largest batch that fits [default: on GPU].")
 @click.option("--warmup", default=3, show_default=True, help="Untimed steps (the first includes compilation).")
 @click.option("--repeats", default=10, show_default=True, help="Timed steps; the median is quoted.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write rows and environment as JSON here.")
@@ -175,7 +177,8 @@ def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warm
                         try:
                             row = measure(preset, ratio, clips, comp, ckpt, device, warmup, repeats)
                         except torch.OutOfMemoryError:
-                            click.echo(f"{preset} ratio={ratio} clips={clips} compile={comp} ckpt={ckpt}: out of memory")
+                            click.echo(f"{preset} ratio={ratio} clips={clips} compile={comp} ckpt={ckpt}: "
+                                       f"out of memory")
                             torch.cuda.empty_cache()
                             continue
                         row["mfu_measured_peak"] = row["model_tflops_per_s"] / peak
@@ -185,7 +188,8 @@ def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warm
                         mem = f"{row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] is not None else "-"
                         click.echo(f"{preset:6} ratio={ratio:<4} clips={clips:<5} compile={comp!s:5} ckpt={ckpt!s:5} "
                                    f"{row['step_s_median'] * 1e3:8.1f} ms  {row['clips_per_s']:8.1f} clips/s  "
-                                   f"{row['model_tflops_per_s']:7.2f} TFLOP/s  MFU {row['mfu_measured_peak']:.1%}  {mem}")
+                                   f"{row['model_tflops_per_s']:7.2f} TFLOP/s  "
+                                   f"MFU {row['mfu_measured_peak']:.1%}  {mem}")
     summary = dual_masking_summary(rows)
     for r in summary:
         mem = f", memory x{r['memory_ratio']:.2f}" if r["memory_ratio"] else ""
@@ -208,7 +212,8 @@ def dual_masking_summary(rows: list[dict]) -> list[dict]:
         base = by_ratio.get((k, 0.0))
         if ratio != 0.5 or base is None:
             continue
-        mem = (dual["peak_memory_gib"] / base["peak_memory_gib"]) if dual["peak_memory_gib"] and base["peak_memory_gib"] else None
+        both = dual["peak_memory_gib"] and base["peak_memory_gib"]
+        mem = dual["peak_memory_gib"] / base["peak_memory_gib"] if both else None
         out.append({"preset": k[0], "clips_per_step": k[1], "compile": k[2], "activation_checkpointing": k[3],
                     "speedup": base["step_s_median"] / dual["step_s_median"], "memory_ratio": mem})
     return out

@@ -1,6 +1,7 @@
 """The benches run end to end on the CPU and their reports hold what they measured (no timing asserts)."""
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from bench import epoch, report, step
@@ -102,3 +103,48 @@ def test_shape_label_is_drawn_apart_from_the_motion_label():
     assert set(shapes) == set(range(len(SHAPES)))
     by_class = [{shapes[i] for i in range(c, 64, len(CLASSES))} for c in range(len(CLASSES))]
     assert sum(len(kinds) > 1 for kinds in by_class) >= 6                   # a class does not fix the shape
+
+
+def test_write_report_keeps_the_notes_below_the_marker(tmp_path):
+    from bench.env import NOTES_MARK, write_report
+
+    path = tmp_path / "README.md"
+    first = write_report(path, "# Report\n\n| a |\n|---|\n| 1 |\n")
+    assert first.endswith(f"| 1 |\n\n{NOTES_MARK}\n") and path.read_text() == first
+    path.write_text(first + "\nThe 1 is low because the cache was cold.\n")
+    write_report(path, "# Report\n\n| a |\n|---|\n| 2 |\n")
+    assert path.read_text() == ("# Report\n\n| a |\n|---|\n| 2 |\n\n"
+                                f"{NOTES_MARK}\n\nThe 1 is low because the cache was cold.\n")
+    assert not (tmp_path / "README.md.tmp").exists()
+    with pytest.raises(ValueError, match="must not contain the notes marker"):
+        write_report(path, f"text\n{NOTES_MARK}\n")
+
+
+def test_environment_records_commit_and_dirty_flag_apart():
+    from bench.env import environment, git_commit, is_dirty
+
+    env = environment()
+    assert env["git_commit"] == git_commit() and "+" not in env["git_commit"]
+    assert env["git_dirty"] in (True, False, None)
+    assert is_dirty({"git_commit": "abc1234", "git_dirty": True})
+    assert is_dirty({"git_commit": "abc1234+dirty"})          # JSON written before the flag existed
+    assert not is_dirty({"git_commit": "abc1234", "git_dirty": False}) and not is_dirty(None)
+
+
+def test_report_flags_dirty_sections_and_keeps_notes(tmp_path):
+    from bench.env import DIRTY_WARNING, NOTES_MARK, write_json
+
+    dev = tmp_path / "dev"
+    env = {"cpu": "x", "cpu_count": 2, "torch": "2", "python": "3", "git_commit": "abc1234", "git_dirty": False}
+    write_json(dev / "clean.json", {"bench": "e2e", "env": env, "rows": [{"clips_per_s": 1.5}]})
+    write_json(dev / "dirty.json", {"bench": "e2e", "env": {**env, "git_dirty": True}, "rows": [{"clips_per_s": 2.5}]})
+    result = CliRunner().invoke(report.main, ["--folder", str(dev)])
+    assert result.exit_code == 0, result.output
+    assert "dirty.json was measured on a tree with uncommitted changes" in result.output
+    assert "clean.json was measured" not in result.output
+    text = (dev / "README.md").read_text()
+    assert text.count(DIRTY_WARNING) == 1 and "+dirty" not in text
+    assert text.index(DIRTY_WARNING) > text.index("`dirty.json`") > text.index("`clean.json`")
+    (dev / "README.md").write_text(text + "\nhand-written\n")
+    assert CliRunner().invoke(report.main, ["--folder", str(dev)]).exit_code == 0
+    assert (dev / "README.md").read_text().endswith(f"{NOTES_MARK}\n\nhand-written\n")
