@@ -1,14 +1,25 @@
-"""Weights in and out: published VideoMAE V2 files (spec §6), our own runs, plain state dicts.
+"""Weights in and out, from wherever users keep them, always in the published layout (spec §6).
+
+Sources that `read_weights` and `load_weights` take:
+
+    published .pth / .pt       pre-training or fine-tuned state dicts, plain or under `model` / `module`
+    our runs                   a run folder, a checkpoint folder (DCP) or a final .pt of `vmae2-train`
+    .safetensors               flat files, e.g. written by `vmae2-train export`
+    transformers VideoMAE      a folder with config.json + model.safetensors / pytorch_model.bin, or its
+                               state dict: converted (query/key/value -> qkv, q/v biases, renamed norms)
+    hf://OWNER/REPO[/FILE]     the same, fetched through huggingface_hub (its cache, token, HF_HUB_OFFLINE)
 
 Not to be confused with vmae2.checkpoint, which holds the resumable training state of a run.
-
-Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
-arbitrary pickled objects. Every refusal names the file, the key and what to do.
+Torch files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
+arbitrary pickled objects. Every refusal names the source, what was found in it and what to do.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +28,15 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from shard_tools.files import tmp_path
+from shard_tools.files import tmp_path, write_bytes_atomic
 
 from . import checkpoint, distributed
 from .optim import clean_name
 
 FINAL_WEIGHTS = "pretrain_final.pt"   # a pre-training run's weights, beside its checkpoints
 WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
+HUB_PREFIX = "hf://"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")   # in the order a folder's single file is picked
 
 
 @dataclass
@@ -33,29 +46,35 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     initialised: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # conversions that are exact only up to a detail
 
     def __str__(self) -> str:
         def short(keys: list[str]) -> str:
             groups = sorted({k.split(".")[0] if not k.startswith("encoder.norm") else "encoder.norm" for k in keys})
             return ", ".join(groups) or "none"
-        return (f"loaded {len(self.loaded)} tensors; dropped {len(self.dropped)} ({short(self.dropped)}); "
+        text = (f"loaded {len(self.loaded)} tensors; dropped {len(self.dropped)} ({short(self.dropped)}); "
                 f"left at init {len(self.initialised)} ({short(self.initialised)})")
+        return "; ".join([text, *self.notes])
+
+
+def _torch_load(name: str):
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"checkpoint {name} does not exist")
+    try:
+        return torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... by cause
+        raise ValueError(
+            f"{name} is not a loadable weights file ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"vmae2 loads tensors only (weights_only=True), so a file holding other pickled objects must "
+            f"be re-saved as a plain state dict"
+        ) from None
 
 
 def read_state_dict(source, name: str = "checkpoint") -> dict[str, torch.Tensor]:
     """A flat state dict from a path or a loaded object, unwrapped and with compile/DDP prefixes removed."""
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"checkpoint {name} does not exist")
-        try:
-            source = torch.load(name, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... by cause
-            raise ValueError(
-                f"{name} is not a loadable weights file ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                f"vmae2 loads tensors only (weights_only=True), so a file holding other pickled objects must "
-                f"be re-saved as a plain state dict"
-            ) from None
+        source = _torch_load(name)
     state = source
     while isinstance(state, dict) and not _is_flat(state):
         inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
@@ -98,8 +117,9 @@ def _load_exact(model: nn.Module, state: dict, name: str) -> None:
     own = set(model.state_dict())
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
-        raise ValueError(f"{name}: keys do not match the model: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-                         f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}; is it a checkpoint of "
+        more_missing, more_unexpected = "..." if len(missing) > 6 else "", "..." if len(unexpected) > 6 else ""
+        raise ValueError(f"{name}: keys do not match the model: missing {missing[:6]}{more_missing}, "
+                         f"unexpected {unexpected[:6]}{more_unexpected}; is it a checkpoint of "
                          f"the other kind (pre-training vs fine-tuned) or another preset?")
     model.load_state_dict(state, strict=True)
 
@@ -134,6 +154,7 @@ def load_classifier(model: nn.Module, source, head_rows=None, name: str = "check
     """Load a fine-tuned checkpoint strictly, or the encoder of a pre-training checkpoint.
 
     head_rows: a path or 1-D index tensor selecting rows of the checkpoint's head (e.g. K710 -> K400).
+    An encoder with fc_norm but no head (a feature extractor, e.g. the distilled models) leaves the head at init.
     """
     state = read_state_dict(source, name)
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else name
@@ -145,6 +166,16 @@ def load_classifier(model: nn.Module, source, head_rows=None, name: str = "check
             raise ValueError(f"{name}: the pre-training checkpoint lacks encoder weights {missing[:6]}")
         model.load_state_dict(state, strict=False)
         return LoadReport(loaded=sorted(state), dropped=dropped, initialised=missing)
+    if "head.weight" not in state and "fc_norm.weight" in state:
+        if head_rows is not None:
+            raise ValueError(f"{name}: head rows given, but the weights have no head (a feature extractor)")
+        check_shapes(model, state, name)
+        missing = sorted(set(model.state_dict()) - set(state))
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            _load_exact(model, state, name)   # raises with the key lists
+        model.load_state_dict(state, strict=False)
+        return LoadReport(loaded=sorted(state), initialised=missing)
     if head_rows is not None:
         rows = read_head_rows(head_rows) if isinstance(head_rows, (str, os.PathLike)) else torch.as_tensor(head_rows)
         num_rows = state["head.weight"].shape[0] if "head.weight" in state else 0
@@ -186,12 +217,11 @@ def resolve_weights(source) -> Path:
 
 
 def read_model_state(source) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(pre-training model state dict, run config dict or None) from any source resolve_weights takes."""
-    path = resolve_weights(source)
-    if path.is_file():
-        config_path = path.parent / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else None
-        return read_state_dict(path), config
+    """(state dict in the published layout, run config dict or None): read_weights, under its older name."""
+    return read_weights(source)
+
+
+def _read_dcp(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     config = json.loads((path / "config.json").read_text())
     metadata = dcp.FileSystemReader(str(path)).read_metadata()
     keys = [k for k in metadata.state_dict_metadata if k.startswith("model.")]
@@ -202,3 +232,464 @@ def read_model_state(source) -> tuple[dict[str, torch.Tensor], dict | None]:
     with checkpoint.single_process_quiet():
         dcp.load(state, checkpoint_id=str(path), no_dist=True)
     return {k[len("model."):]: v for k, v in state.items()}, config
+
+
+# ---------------------------------------------------------------------------------------------------
+# Any source -> published layout
+
+
+@dataclass
+class Weights:
+    """A read source: its state dict in the published layout, a config dict, and where it came from."""
+
+    state: dict[str, torch.Tensor]
+    config: dict | None        # {"model": ModelConfig fields, ...} (a run's whole config) or None
+    name: str                  # the source as the user gave it
+    kind: str                  # what was found, e.g. "transformers VideoMAEForPreTraining (model.safetensors)"
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        keys = sorted(self.state)
+        sample = keys[:2] + [k for k in keys if ".blocks.0." in k or k.startswith("blocks.0.")][:1] + keys[-1:]
+        shapes = ", ".join(f"{k} {tuple(self.state[k].shape)}" for k in dict.fromkeys(sample))
+        return f"found {self.kind}: {len(keys)} tensors, e.g. {shapes}"
+
+
+def read_weights(source) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(flat state dict in the vmae2 / published layout, config dict or None) from any accepted source.
+
+    The config is a run's config, or {"model": {ModelConfig fields}} derived from a transformers or
+    hub config.json; None where the source says nothing about the architecture.
+    """
+    weights = read_source(source)
+    return weights.state, weights.config
+
+
+def read_source(source) -> Weights:
+    """Like read_weights, keeping what was found (for messages) and the conversion notes."""
+    if isinstance(source, dict):
+        state, config = read_state_dict(source, "state dict"), None
+        return _to_published(state, config, "state dict", "a state dict")
+    name = os.fspath(source)
+    if name.startswith(HUB_PREFIX):
+        path = hub_path(name)
+    else:
+        path = Path(name)
+    if path.is_dir() and not (path / "meta.json").is_file() and checkpoint.latest_checkpoint(path) is None \
+            and not (path / FINAL_WEIGHTS).is_file():
+        path = _pick_weights_file(path, name)
+    path = resolve_weights(path)
+    if path.is_dir():
+        state, config = _read_dcp(path)
+        return Weights(state, config, name, f"a vmae2 checkpoint folder ({path.name})")
+    if path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json"):
+        state, config = _read_safetensors(path)
+        kind = f"safetensors ({path.name})"
+    else:
+        loaded = _torch_load(str(path))
+        state = read_state_dict(loaded, name)
+        config = loaded.get("config") if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) else None
+        kind = f"a torch file ({path.name})"
+    if config is None and (path.parent / "config.json").is_file():
+        config = json.loads((path.parent / "config.json").read_text())
+    return _to_published(state, config, name, kind)
+
+
+def _pick_weights_file(folder: Path, name: str) -> Path:
+    """The single weights file of a folder (a transformers or hub snapshot folder), safetensors first."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return index
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for suffixes in ((".safetensors",), (".pth", ".pt"), (".bin",)):
+        found = [p for p in files if p.suffix in suffixes]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"{name}: several weights files {[p.name for p in found]}; pass one of them"
+                             f"{' as hf://OWNER/REPO/FILE' if name.startswith(HUB_PREFIX) else ' by its path'}")
+    raise FileNotFoundError(f"{name}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) and no vmae2 checkpoint in "
+                            f"{folder}; found {[p.name for p in files][:8]}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    files = [path]
+    if path.name.endswith(".index.json"):
+        weight_map = json.loads(path.read_text())["weight_map"]
+        files = [path.parent / f for f in dict.fromkeys(weight_map.values())]
+    state, config = {}, None
+    for file in files:
+        try:
+            state.update(load_file(file))
+            with safe_open(file, "pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as err:  # safetensors raises its own SafetensorError on a torn or foreign file
+            raise ValueError(f"{file} is not a readable .safetensors file ({type(err).__name__}: {err}); "
+                             f"download or export it again") from None
+        if "vmae2_config" in metadata:
+            config = json.loads(metadata["vmae2_config"])
+    return state, config
+
+
+def _to_published(state: dict, config: dict | None, name: str, kind: str) -> Weights:
+    """Recognise the layout of `state` and convert it; `config` as found beside the weights."""
+    if all(k.startswith("model.") for k in state):   # hub repos of the published code wrap it in `model`
+        state = {k[len("model."):]: v for k, v in state.items()}
+    if "embeddings.patch_embeddings.projection.weight" in state:    # a bare transformers VideoMAEModel
+        state = {f"videomae.{k}": v for k, v in state.items()}
+    config = _model_config_dict(config)
+    if any(k.startswith("videomae.") for k in state):
+        hf_config = config.pop("transformers", {}) if config else {}
+        converted, kind_hf, notes = from_transformers(state, hf_config, name)
+        return Weights(converted, config, name, f"{kind_hf} in {kind}", notes)
+    if config:
+        config.pop("transformers", None)
+    return Weights(state, config, name, f"{_layout(state)} weights in {kind}")
+
+
+def _layout(state: dict) -> str:
+    return "pre-training" if any(k.startswith("encoder.") for k in state) else "classifier"
+
+
+def _model_config_dict(config: dict | None) -> dict | None:
+    """A config.json of ours, of transformers or of the published code's hub repos -> {"model": {...}}."""
+    if not isinstance(config, dict):
+        return None
+    if isinstance(config.get("model"), dict):
+        return config                                                   # a vmae2 run config
+    from .config import ModelConfig
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    if config.get("model_type") == "videomae":
+        hidden = config.get("hidden_size", 768)
+        model = dict(patch_size=config.get("patch_size", 16), depth=config.get("num_hidden_layers", 12),
+                     embed_dim=hidden, num_heads=config.get("num_attention_heads", 12),
+                     mlp_hidden_dim=config.get("intermediate_size", 3072),
+                     decoder_depth=config.get("decoder_num_hidden_layers", 4),
+                     decoder_embed_dim=config.get("decoder_hidden_size", 384),
+                     decoder_num_heads=config.get("decoder_num_attention_heads", 6),
+                     tubelet_size=config.get("tubelet_size", 2), num_frames=config.get("num_frames", 16),
+                     img_size=config.get("image_size", 224))
+        return {"model": {k: v for k, v in model.items() if k in names}, "transformers": config}
+    if isinstance(config.get("model_config"), dict):                    # OpenGVLab/VideoMAEv2-* hub repos
+        mc = config["model_config"]
+        model = dict(patch_size=mc.get("patch_size"), depth=mc.get("depth"), embed_dim=mc.get("embed_dim"),
+                     num_heads=mc.get("num_heads"), tubelet_size=mc.get("tubelet_size"),
+                     num_frames=mc.get("num_frames"), img_size=mc.get("img_size"))
+        if mc.get("embed_dim") and mc.get("mlp_ratio"):
+            model["mlp_hidden_dim"] = int(mc["embed_dim"] * mc["mlp_ratio"])
+        return {"model": {k: v for k, v in model.items() if k in names and v is not None}}
+    return None
+
+
+# transformers VideoMAELayer names -> ours, within one block
+_HF_BLOCK = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+             "layernorm_before": "norm1", "layernorm_after": "norm2"}
+_HF_BIAS = {"query.bias": "q_bias", "q_bias": "q_bias", "value.bias": "v_bias", "v_bias": "v_bias"}
+
+
+def from_transformers(state: dict[str, torch.Tensor], hf_config: dict, name: str
+                      ) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """A transformers VideoMAE state dict -> (published layout, the class it came from, notes).
+
+    VideoMAEForPreTraining -> the pre-training layout (encoder.*, decoder.*); VideoMAEForVideoClassification
+    -> the classifier layout (blocks.*, fc_norm, head); a bare VideoMAEModel -> encoder.* only.
+    transformers uses the same fixed 1-D sinusoid table and the same cube order, so no position keys are
+    needed; its query/key/value become our qkv with learnable q and v biases (our k bias is fixed at zero).
+    """
+    if "encoder_to_decoder.weight" in state or any(k.startswith("decoder.decoder_layers.") for k in state):
+        kind, enc = "transformers VideoMAEForPreTraining", "encoder."
+    elif "classifier.weight" in state or "fc_norm.weight" in state:
+        kind, enc = "transformers VideoMAEForVideoClassification", ""
+    else:
+        kind, enc = "transformers VideoMAEModel", "encoder."
+    if hf_config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{name}: {kind} uses hidden_act={hf_config['hidden_act']!r}; vmae2 blocks use exact GELU "
+                         f"(hidden_act='gelu'), so these weights would compute something else")
+    if hf_config.get("num_channels", 3) != 3:
+        raise ValueError(f"{name}: {kind} takes num_channels={hf_config['num_channels']}; vmae2 takes RGB (3)")
+    if enc == "" and ("videomae.layernorm.weight" in state or "fc_norm.weight" not in state
+                      or hf_config.get("use_mean_pooling") is False):
+        raise ValueError(f"{name}: {kind} with use_mean_pooling=False classifies the first token after a final "
+                         f"LayerNorm; vmae2's classifier mean-pools all tokens into fc_norm (use_mean_pooling=True), "
+                         f"so its head would see other features; use the encoder only (load its pre-training "
+                         f"weights) and fine-tune a new head")
+    out, blocks, rest = {}, {}, {}
+    for key, value in state.items():
+        m = re.fullmatch(r"videomae\.encoder\.layer\.(\d+)\.(.+)", key) or \
+            re.fullmatch(r"decoder\.decoder_layers\.(\d+)\.(.+)", key)
+        if m:
+            prefix = f"{enc}blocks.{m[1]}." if key.startswith("videomae.") else f"decoder.blocks.{m[1]}."
+            blocks.setdefault(prefix, {})[m[2]] = value
+        else:
+            rest[key] = value
+    for prefix, block in blocks.items():
+        out.update(_convert_block(block, prefix, name))
+    renames = {"videomae.embeddings.patch_embeddings.projection.": f"{enc}patch_embed.proj.",
+               "videomae.layernorm.": "encoder.norm.", "fc_norm.": "fc_norm.", "classifier.": "head.",
+               "encoder_to_decoder.": "encoder_to_decoder.", "mask_token": "mask_token",
+               "decoder.norm.": "decoder.norm.", "decoder.head.": "decoder.head."}
+    for key, value in rest.items():
+        if key.endswith("position_embeddings"):
+            continue                       # the fixed sinusoid table, recomputed by the model
+        old = next((o for o in renames if key.startswith(o)), None)
+        if old is None:
+            raise ValueError(f"{name}: unknown key {key} {tuple(value.shape)} in {kind}; vmae2 converts the "
+                             f"VideoMAE classes of transformers only")
+        out[renames[old] + key[len(old):]] = value
+    eps = hf_config.get("layer_norm_eps", 1e-12)
+    notes = [f"converted from {kind}: LayerNorm eps {eps:g} there (1e-5 in fc_norm and the decoder's norm), "
+             f"1e-6 in vmae2"]
+    if hf_config.get("norm_pix_loss") is False:
+        notes.append("the transformers model was set to norm_pix_loss=False; vmae2 always normalises target pixels")
+    return out, kind, notes
+
+
+def _convert_block(block: dict[str, torch.Tensor], prefix: str, name: str) -> dict[str, torch.Tensor]:
+    """One transformers VideoMAELayer -> our Block keys under `prefix`."""
+    out, attn = {}, "attention.attention."
+    key_bias = block.pop(attn + "key.bias", None)
+    if key_bias is not None and key_bias.abs().max() > 0:
+        raise ValueError(f"{name}: {prefix}attn has a non-zero key bias (max |b| {key_bias.abs().max():.3g}); "
+                         f"vmae2's attention fixes the k bias at zero as the published model does, so these "
+                         f"weights cannot be represented; they come from another VideoMAE variant")
+    try:
+        weights = [block.pop(attn + f"{part}.weight") for part in ("query", "key", "value")]
+    except KeyError as err:
+        raise ValueError(f"{name}: {prefix}attn lacks {err.args[0]}; not a complete VideoMAE layer") from None
+    out[prefix + "attn.qkv.weight"] = torch.cat(weights, dim=0)                 # (3D, D)
+    dim = weights[0].shape[0]
+    for ours in ("q_bias", "v_bias"):
+        theirs = [k for k in block if k.startswith(attn) and _HF_BIAS.get(k[len(attn):]) == ours]
+        out[prefix + f"attn.{ours}"] = block.pop(theirs[0]) if theirs else torch.zeros(dim)  # qv_bias=False
+    for key, value in block.items():
+        module, _, param = key.rpartition(".")
+        if module not in _HF_BLOCK:
+            raise ValueError(f"{name}: unknown key {key} {tuple(value.shape)} in a VideoMAE layer ({prefix})")
+        out[f"{prefix}{_HF_BLOCK[module]}.{param}"] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading into a model
+
+
+def architecture(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Sizes readable from a published-layout state dict: width, depth, patch, tubelet, MLP, decoder."""
+    enc = "encoder." if "encoder.patch_embed.proj.weight" in state else ""
+    arch = {}
+    embed = state.get(f"{enc}patch_embed.proj.weight")
+    if embed is not None and embed.dim() == 5:
+        arch.update(embed_dim=embed.shape[0], tubelet_size=embed.shape[2], patch_size=embed.shape[3])
+    blocks = {int(m[1]) for k in state if (m := re.match(rf"{re.escape(enc)}blocks\.(\d+)\.", k))}
+    if blocks:
+        arch["depth"] = max(blocks) + 1
+    if f"{enc}blocks.0.mlp.fc1.weight" in state:
+        arch["mlp_hidden_dim"] = state[f"{enc}blocks.0.mlp.fc1.weight"].shape[0]
+    if "encoder_to_decoder.weight" in state:
+        arch["decoder_embed_dim"] = state["encoder_to_decoder.weight"].shape[0]
+        arch["decoder_depth"] = 1 + max((int(m[1]) for k in state if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))),
+                                        default=-1)
+    return arch
+
+
+def matching_preset(arch: dict[str, int]) -> str | None:
+    """The preset with the width, depth and patch size of `arch` (and its MLP and decoder, where known)."""
+    from .config import PRESETS
+
+    for preset, entry in PRESETS.items():
+        cfg = getattr(entry, "model", entry)
+        if all(getattr(cfg, k) == v for k, v in arch.items() if k != "decoder_depth" or v > 0):
+            return preset
+    for preset, entry in PRESETS.items():
+        cfg = getattr(entry, "model", entry)
+        if all(getattr(cfg, k) == arch.get(k) for k in ("embed_dim", "depth", "patch_size")):
+            return preset
+    return None
+
+
+def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse weights of another model size, naming the preset they fit."""
+    cfg = model.cfg
+    arch = architecture(state)
+    if not hasattr(model, "decoder"):
+        arch = {k: v for k, v in arch.items() if not k.startswith("decoder_")}
+    differ = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
+    if not differ:
+        return
+    found = ", ".join(f"{k} {v}" for k, v in arch.items())
+    ours = ", ".join(f"{k} {getattr(cfg, k)}" for k in arch)
+    preset = matching_preset(arch)
+    short = f"width {arch.get('embed_dim')}, depth {arch.get('depth')}, patch {arch.get('patch_size')}"
+    if preset is None:
+        fix = (f"no preset has {short}; build the model with "
+               + " ".join(f"--set model.{k}={v}" for k, v in arch.items()) + " and the matching model.num_heads")
+    else:
+        from .config import PRESETS
+
+        preset_cfg = getattr(PRESETS[preset], "model", PRESETS[preset])
+        extra = " ".join(f"--set model.{k}={v}" for k, v in arch.items() if getattr(preset_cfg, k) != v)
+        fix = f"looks like {preset} ({short}); pass --preset {preset}" + (f" {extra}" if extra else "")
+    raise ValueError(f"{name}: weights of another model size ({found}) than the model ({ours}); {fix}")
+
+
+def load_weights(model: nn.Module, source, *, head_rows=None) -> LoadReport:
+    """Load any accepted source into a VideoMAEv2 (pre-training) or a VideoClassifier.
+
+    A classifier takes the encoder of pre-training weights (decoder and final encoder norm dropped, head
+    left at init) or a whole fine-tuned classifier (head_rows: a file or index tensor selecting head rows).
+    On failure one ValueError names the source, what was found in it and the fix.
+    """
+    from .model import VideoClassifier, VideoMAEv2
+
+    weights = read_source(source)
+    try:
+        check_architecture(model, weights.state, weights.name)
+        if isinstance(model, VideoMAEv2):
+            if _layout(weights.state) != "pre-training":
+                raise ValueError(f"{weights.name}: classifier weights (no decoder) cannot initialise a pre-training "
+                                 f"model; load them into a VideoClassifier (finetune --init)")
+            if head_rows is not None:
+                raise ValueError(f"{weights.name}: head_rows applies to a classifier, not a pre-training model")
+            report = load_pretrain(model, weights.state, name=weights.name)
+        elif isinstance(model, VideoClassifier):
+            report = load_classifier(model, weights.state, head_rows=head_rows, name=weights.name)
+        else:
+            raise TypeError(f"load_weights loads into VideoMAEv2 or VideoClassifier, got {type(model).__name__}")
+    except ValueError as err:
+        raise ValueError(f"{err}\n  {weights.describe()}") from None
+    report.notes.extend(weights.notes)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hugging Face Hub
+
+
+def parse_hub_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """hf://OWNER/REPO[@REVISION][/FILE] -> (repo_id, revision, file or None)."""
+    parts = uri[len(HUB_PREFIX):].strip("/").split("/")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"{uri}: expected hf://OWNER/REPO or hf://OWNER/REPO/FILE (e.g. "
+                         f"hf://OpenGVLab/VideoMAEv2-Base or hf://OWNER/REPO/vit_b_k710_dl_from_giant.pth)")
+    repo, _, revision = parts[1].partition("@")
+    return f"{parts[0]}/{repo}", revision or None, "/".join(parts[2:]) or None
+
+
+def hub_path(uri: str) -> Path:
+    """A local file or snapshot folder for hf://OWNER/REPO[/FILE], via huggingface_hub and its cache.
+
+    With FILE, that file (and a config.json beside it, if the repo has one). Without, the repo's single
+    weights file (.safetensors first, then .pth/.pt, then .bin) and config.json. Offline (HF_HUB_OFFLINE=1
+    or no network) the cached snapshot is used.
+    """
+    from huggingface_hub import constants, hf_hub_download, list_repo_files, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo_id, revision, filename = parse_hub_uri(uri)
+    offline_fix = ("it is not in the local cache " f"({constants.HF_HUB_CACHE}); run once with network access "
+                   "(HF_HUB_OFFLINE unset) or point HF_HOME / HF_HUB_CACHE at a cache that holds it")
+    try:
+        files = None if constants.HF_HUB_OFFLINE else _list_or_none(list_repo_files, repo_id, revision)
+        if files is None:                                    # offline: whatever the cache holds
+            folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+            path = folder / filename if filename else folder
+            if not path.exists():
+                raise FileNotFoundError(f"{uri}: {filename} is not in the cached snapshot {folder}; "
+                                        f"found {sorted(p.name for p in folder.iterdir())[:8]}")
+            return path
+        if filename is None:
+            filename = _pick_hub_file(files, uri)
+        path = Path(hf_hub_download(repo_id, filename, revision=revision))
+        if filename.endswith(".index.json"):                 # sharded: fetch the shards beside the index
+            for shard in dict.fromkeys(json.loads(path.read_text())["weight_map"].values()):
+                hf_hub_download(repo_id, str(Path(filename).parent / shard), revision=revision)
+        config = str(Path(filename).parent / "config.json") if "/" in filename else "config.json"
+        if config in files:
+            hf_hub_download(repo_id, config, revision=revision)   # lands beside the weights in the snapshot
+        return path
+    except GatedRepoError:
+        raise ValueError(f"{uri}: the repository is gated; accept its terms on huggingface.co and log in "
+                         f"(`hf auth login`) or set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such repository (or it is private: log in with `hf auth login` "
+                                f"or set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"{uri}: {offline_fix}") from None
+    except HfHubHTTPError as err:
+        raise FileNotFoundError(f"{uri}: the hub refused ({str(err).splitlines()[0]}); check OWNER/REPO and FILE "
+                                f"(hf://OWNER/REPO/FILE)") from None
+
+
+def _list_or_none(list_repo_files, repo_id: str, revision: str | None) -> list[str] | None:
+    """The repo's files, or None when the hub cannot be reached (then the cache decides)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return list_repo_files(repo_id, revision=revision)
+    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError):
+        raise
+    except Exception:  # no network: connection errors differ by HTTP backend and version
+        return None
+
+
+def _pick_hub_file(files: list[str], uri: str) -> str:
+    top = [f for f in files if "/" not in f]
+    if "model.safetensors.index.json" in top:
+        return "model.safetensors.index.json"
+    for suffixes in ((".safetensors",), (".pth", ".pt"), (".bin",)):
+        found = [f for f in top if f.endswith(suffixes)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"{uri}: the repository holds several weights files {found[:8]}; pick one with "
+                             f"{uri.rstrip('/')}/FILE")
+    raise FileNotFoundError(f"{uri}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) at the top of the repository; "
+                            f"found {files[:8]}; pass hf://OWNER/REPO/PATH/TO/FILE")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export
+
+
+def export_file(source, out, fmt: str | None = None) -> dict:
+    """`vmae2-train export`: any accepted source -> one .safetensors or .pt file in the published layout.
+
+    The config (a run's, or derived from a transformers config.json) travels inside: safetensors metadata
+    `vmae2_config`, or the key `config` beside `model` in a .pt. Written atomically.
+    """
+    fmt = fmt or ("safetensors" if str(out).endswith(".safetensors") else "pt")
+    if fmt not in ("safetensors", "pt"):
+        raise ValueError(f"format {fmt!r}: choose safetensors or pt")
+    weights = read_source(source)
+    state = _unshared({k: v.detach().cpu() for k, v in weights.state.items()})
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        metadata = {"format": "pt"}
+        if weights.config is not None:
+            metadata["vmae2_config"] = json.dumps(weights.config)
+        data = save(state, metadata=metadata)
+    else:
+        buffer = io.BytesIO()
+        torch.save({"model": state, **({"config": weights.config} if weights.config else {})}, buffer)
+        data = buffer.getvalue()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, data)
+    return {"out": str(out), "format": fmt, "source": weights.name, "found": weights.kind,
+            "layout": _layout(state), "tensors": len(state), "parameters": sum(v.numel() for v in state.values()),
+            "architecture": {k: int(v) for k, v in architecture(state).items()}, "notes": weights.notes}
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors that share no storage (safetensors refuses shared or strided ones)."""
+    seen, out = set(), {}
+    for key, value in state.items():
+        value = value.contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if ptr in seen else value
+        seen.add(ptr)
+    return out
