@@ -50,12 +50,6 @@ def read_manifest(out):
     return manifest
 
 
-def shard_files(out):
-    """Absolute (tar, idx) paths of every shard listed in OUT's manifest, in manifest order."""
-    out = Path(out)
-    return [(out / s["tar"], out / s["index"]) for s in read_manifest(out)["shards"]]
-
-
 def stored_stride(train_stride, frame_stride):
     """Stride in the stored stream for training at `train_stride` source frames (FORMAT.md)."""
     if train_stride % frame_stride:

@@ -1,11 +1,10 @@
-"""manifest.json and skipped.jsonl (FORMAT.md), each written under a temporary name and renamed."""
+"""manifest.json and skipped.jsonl (FORMAT.md), both written atomically (shard_tools.files)."""
 
 import json
-import os
 from collections import Counter
 
+from shard_tools.files import write_json_atomic, write_text_atomic
 from shard_tools.format import FORMAT_NAME, FORMAT_VERSION, TOOL_VERSION
-from shard_tools.stage import write_json_atomic
 
 
 def build_manifest(args, shards, samples, labels):
@@ -30,8 +29,6 @@ def write_manifest(path, manifest):
 
 def write_skipped(path, skips):
     """One JSON object per line, sorted by source then reason, so reruns write identical bytes."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for skip in sorted(skips, key=lambda s: (s["source"], s["reason"])):
-            f.write(json.dumps(skip, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    ordered = sorted(skips, key=lambda s: (s["source"], s["reason"]))
+    write_text_atomic(path, "".join(json.dumps(skip, sort_keys=True, ensure_ascii=False) + "\n"
+                                    for skip in ordered))

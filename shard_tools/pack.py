@@ -36,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 from shard_tools import shard, stage
+from shard_tools.files import write_json_atomic
 from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
 from shard_tools.manifest import build_manifest, write_manifest, write_skipped
 from shard_tools.pool import run_pool, worker_pool
@@ -170,7 +171,7 @@ def _prepare_out(out, args):
         raise PackError(f"SRC {args['src']} does not exist; give a folder of videos, a list file "
                         f"(`path label` per line) or a CSV with a header")
     (out / STAGING_DIR).mkdir(parents=True, exist_ok=True)
-    stage.write_json_atomic(args_path, args)
+    write_json_atomic(args_path, args)
     return None
 
 
@@ -240,7 +241,7 @@ def _write_planned_shard(out, staging, name, samples):
     result = shard.write_shard([(s["key"], s["ext"], s["data"], s["meta"]) for s in samples],
                                out / f"{name}.tar", out / f"{name}.idx")
     result["keys"] = [s["key"] for s in samples]
-    stage.write_json_atomic(Path(staging) / "shards" / f"{name}.json", result)
+    write_json_atomic(Path(staging) / "shards" / f"{name}.json", result)
     return result
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import tarfile
 
+from shard_tools.files import tmp_path, write_text_atomic
 from shard_tools.index import format_index
 
 TAR_BLOCK = 512
@@ -48,7 +49,7 @@ def write_shard(samples, tar_path, idx_path):
     Both files are written under `*.tmp` names and renamed when complete; returns
     {"bytes", "sha256", "index_sha256", "num_samples"} of the finished shard.
     """
-    tmp_tar, tmp_idx = f"{tar_path}.tmp", f"{idx_path}.tmp"
+    tmp_tar = tmp_path(tar_path)
     members = []
     with open(tmp_tar, "wb") as raw, tarfile.open(fileobj=raw, mode="w:",
                                                   format=tarfile.USTAR_FORMAT) as tar:
@@ -59,13 +60,12 @@ def write_shard(samples, tar_path, idx_path):
             for name, data in ((f"{key}.{ext}", video), (f"{key}.json", sample_json(meta))):
                 members.append((name, tar.offset + TAR_BLOCK, len(data)))
                 tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+    with open(tmp_tar, "rb") as f:
+        os.fsync(f.fileno())
     index_text = format_index(members)
-    with open(tmp_idx, "w", encoding="utf-8") as f:
-        f.write(index_text)
-    for tmp in (tmp_tar, tmp_idx):
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp_idx, idx_path)
+    write_text_atomic(idx_path, index_text)
+    # The tar is streamed (a shard can be a gigabyte), so it is renamed here rather than passed
+    # whole to write_bytes_atomic; it goes last because the tar is what marks the shard present.
     os.replace(tmp_tar, tar_path)
     return {"bytes": os.path.getsize(tar_path), "sha256": file_sha256(tar_path),
             "index_sha256": hashlib.sha256(index_text.encode("utf-8")).hexdigest(),

@@ -10,20 +10,13 @@ import json
 import os
 from pathlib import Path
 
+from shard_tools.files import write_bytes_atomic, write_json_atomic
 from shard_tools.format import CONTAINER_EXTS, ENGINE_CODECS
 from shard_tools.probe import SkipInput, probe
 from shard_tools.transcode import transcode
 
 # Pixel formats the engine's H.264/HEVC decoders accept (spec §9: no 4:2:2/4:4:4, no 10-bit).
 ENGINE_PIX_FMTS = ("yuv420p", "yuvj420p", "nv12")
-
-
-def write_json_atomic(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, sort_keys=True, ensure_ascii=False, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _source_stamp(path):
@@ -108,10 +101,7 @@ def _samples(entry, info, options, data_dir):
     for n, clip in enumerate(clips):
         key = f"{entry['key']}_c{n}" if options["max_seconds"] else entry["key"]
         data_path = data_dir / f"{key}.{clip.ext}"
-        tmp = f"{data_path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(clip.data)
-        os.replace(tmp, data_path)
+        write_bytes_atomic(data_path, clip.data)
         clip_info = probe(str(data_path), decode=False)
         samples.append({"key": key, "ext": clip.ext, "data": str(data_path),
                         "size": len(clip.data),
