@@ -1,4 +1,4 @@
-"""`vmae2-train`: pretrain, visualize, finetune and the CPU demo. Commands parse and call."""
+"""`vmae2-train`: pretrain, finetune, eval, visualize and the CPU demo. Commands parse and call."""
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +14,10 @@ def user_errors():
 
     Set VMAE2_TRACEBACK=1 to see the full traceback instead.
     """
-    from dali_pipes.manifest import DatasetError
+    from dali_pipes import DatasetError
 
+    from .overrides import ConfigError
     from .train import NonFiniteLoss
-    from .train_config import ConfigError
 
     try:
         yield
@@ -33,7 +33,7 @@ def user_errors():
 
 @click.group()
 def main():
-    """VideoMAE V2 pre-training, reconstructions and fine-tuning.
+    """VideoMAE V2: pre-training, fine-tuning, evaluation, reconstructions.
 
     Errors print one message; set VMAE2_TRACEBACK=1 for the full traceback.
     """
@@ -43,32 +43,40 @@ def _print_summary(summary: dict) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+PRESET_HELP = "model size: tiny, vit_s, vit_b, vit_l, vit_h, vit_g"
+SET_HELP = "config override, repeatable (e.g. --set base_lr=6e-4 --set model.img_size=112)"
+CONFIG_HELP = "JSON or YAML file of config keys (applied before --set); the resolved config is saved alike"
+RESUME_HELP = ("default: continue automatically when --out holds a checkpoint; --resume requires one, "
+               "--no-resume refuses an existing run")
+
+
 @main.command()
-@click.option("--preset", required=True, help="model size: tiny, vit_s, vit_b, vit_l, vit_h, vit_g")
-@click.option("--data", required=True, help="shard folder (or its manifest.json) from vmae2-shard")
+@click.option("--preset", required=True, help=PRESET_HELP)
+@click.option("--data", required=True, help="shard folder (or its manifest.json) from vmae2-shard, or a mixture file")
 @click.option("--out", required=True, help="run folder: config.json, metrics.jsonl, checkpoints, events")
 @click.option("--steps", type=int, default=None, help="total optimizer steps (the preset's otherwise)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="config override, repeatable (e.g. --set base_lr=6e-4 --set model.img_size=112)")
-@click.option("--resume/--no-resume", default=None,
-              help="default: continue automatically when --out holds a checkpoint; --resume requires one, "
-                   "--no-resume refuses an existing run")
-def pretrain(preset, data, out, steps, sets, resume):
+@click.option("--init", default=None,
+              help="start from these weights: a published pre-training .pth, safetensors, hf://OWNER/REPO, a run")
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resume/--no-resume", default=None, help=RESUME_HELP)
+def pretrain(preset, data, out, steps, init, config_file, sets, resume):
     """Pre-train VideoMAE V2 (torchrun for several processes)."""
     from .train import run_pretrain
 
     with user_errors():
-        _print_summary(run_pretrain(preset, data, out, steps=steps, sets=sets, resume=resume))
+        _print_summary(run_pretrain(preset, data, out, steps=steps, sets=sets, resume=resume, init=init,
+                                    config_file=config_file))
 
 
 @main.command()
 @click.option("--ckpt", required=True, help="run folder, checkpoint folder or weights .pt of a pre-training run")
 @click.option("--data", required=True, help="shard folder (or manifest.json) to take clips from")
 @click.option("--out", required=True, help="PNG to write")
-@click.option("--num-clips", type=int, default=2, show_default=True)
+@click.option("--num-clips", type=int, default=2, show_default=True, help="clips shown (rows of three)")
 @click.option("--num-frames", type=int, default=4, show_default=True, help="frames shown per clip")
 @click.option("--seed", type=int, default=0, show_default=True, help="crops and masks")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def visualize(ckpt, data, out, num_clips, num_frames, seed, device):
     """Original, masked input and reconstruction for a few clips."""
     from .visualize import visualize as run
@@ -78,19 +86,78 @@ def visualize(ckpt, data, out, num_clips, num_frames, seed, device):
 
 
 @main.command()
-@click.option("--preset", required=True, help="model size (the --init run's architecture is used)")
+@click.option("--preset", required=True, help=PRESET_HELP)
+@click.option("--dataset", default=None,
+              help="published recipe: k400, k710, ssv2, k710_to_k400, ... (the preset's first one by default)")
 @click.option("--data", required=True, help="labeled training shards")
-@click.option("--val-data", required=True, help="labeled validation shards")
+@click.option("--val-data", default=None, help="labeled validation shards (1-view top-1 during training, "
+                                                "the full clips x crops protocol at the end)")
 @click.option("--out", required=True, help="run folder")
-@click.option("--init", default="", help="pre-training run / checkpoint / .pt; omit to train from scratch")
-@click.option("--steps", type=int, default=None)
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="config override, repeatable")
-def finetune(preset, data, val_data, out, init, steps, sets):
-    """Fine-tune a classifier (minimal recipe) and report top-1 on the validation shards."""
-    from .finetune import run_finetune
+@click.option("--init", default=None, help="pre-training run / checkpoint / .pth, a post-pre-trained classifier, "
+                                           "safetensors or hf://OWNER/REPO; omit to train from scratch")
+@click.option("--steps", type=int, default=None, help="total optimizer steps (instead of the recipe's epochs)")
+@click.option("--epochs", type=float, default=None, help="epochs (the recipe's otherwise)")
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="config override, repeatable (e.g. --set head_rows=label_710to400.json)")
+@click.option("--resume/--no-resume", default=None, help=RESUME_HELP)
+def finetune(preset, dataset, data, val_data, out, init, steps, epochs, config_file, sets, resume):
+    """Fine-tune (or post-pre-train) a classifier with the published recipe; evaluate on --val-data."""
+    from .train import run_finetune
 
     with user_errors():
-        _print_summary(run_finetune(preset, data, val_data, out, init=init, steps=steps, sets=sets))
+        _print_summary(run_finetune(preset, data, out, dataset=dataset, val_data=val_data, init=init, steps=steps,
+                                    epochs=epochs, sets=sets, resume=resume, config_file=config_file))
+
+
+@main.command("eval")
+@click.option("--weights", required=True, help="classifier: our run / checkpoint, a published fine-tuned .pth, "
+                                               "safetensors or hf://OWNER/REPO")
+@click.option("--data", required=True, help="labeled shards to evaluate on")
+@click.option("--out", required=True, help="folder for result.json and predictions.jsonl")
+@click.option("--preset", default=None, help=PRESET_HELP + " (taken from our run's config when there is one)")
+@click.option("--views", default="5x3", show_default=True, help="test views CLIPSxCROPS (SSv2: 2x3)")
+@click.option("--head-rows", default=None, help="map a K710 head onto the data's classes: label_710to400.json "
+                                                "(JSON list) or one row index per line")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="config override (e.g. sampling=tsn)")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu")
+def evaluate(weights, data, out, preset, views, head_rows, sets, device):
+    """Evaluate a classifier with the test protocol (softmax averaged over views; torchrun for several GPUs)."""
+    from .evaluate import run_eval
+
+    with user_errors():
+        _print_summary(run_eval(weights, data, out, preset=preset, views=views, head_rows=head_rows, sets=sets,
+                                device=device))
+
+
+@main.command()
+@click.option("--weights", required=True,
+              help="fine-tuned classifier or pre-training weights: run folder, checkpoint, .pt or any source "
+                   "vmae2.weights reads")
+@click.option("--data", required=True, help="shard folder (or its manifest.json) from vmae2-shard pack")
+@click.option("--out", required=True, help="folder for <key>.npy per video, index.jsonl and skipped.jsonl")
+@click.option("--preset", default=None,
+              help="model size; default: the config saved with the weights, else the preset matching their sizes")
+@click.option("--window", type=int, default=None, help="frames per window (default: the model's num_frames, 16)")
+@click.option("--step", type=int, default=4, show_default=True,
+              help="frames between window starts (published: 4 for THUMOS14, 16 for FineAction)")
+@click.option("--frame-stride", type=int, default=1, show_default=True,
+              help="stride between a window's frames, in stored frames")
+@click.option("--size", type=int, default=None, help="input side in pixels (default: the model's img_size)")
+@click.option("--compat", type=click.Choice(["none", "official"]), default="none", show_default=True,
+              help="none: the model's training preprocessing (short side, centre crop, mean/std); official: the "
+                   "published extractor (squash, bilinear without antialias, no mean/std)")
+@click.option("--pool", type=click.Choice(["mean", "none"]), default="mean", show_default=True,
+              help="mean: one fc_norm'd vector per window; none: the token grid (windows, N, D)")
+@click.option("--batch", type=int, default=16, show_default=True, help="windows per forward pass")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cuda or cpu")
+def extract(weights, data, out, preset, window, step, frame_stride, size, compat, pool, batch, device):
+    """Features of every video, one row per sliding window (torchrun splits the videos)."""
+    from .extract import extract as run
+
+    with user_errors():
+        _print_summary(run(weights, data, out, preset=preset, window=window, step=step, frame_stride=frame_stride,
+                           size=size, compat=compat, pool=pool, batch=batch, device=device))
 
 
 @main.command()
