@@ -173,5 +173,20 @@ def demo(out, num_videos, steps, sets):
         _print_summary(run_demo(out, num_videos=num_videos, steps=steps, sets=sets))
 
 
+@main.command()
+@click.option("--weights", "source", required=True,
+              help="weights to convert: published .pth/.pt, run or checkpoint folder, .safetensors, a transformers "
+                   "VideoMAE folder, or hf://OWNER/REPO[/FILE]")
+@click.option("--out", required=True, help="file to write, e.g. vit_b.safetensors or vit_b.pt")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "pt"]), default=None,
+              help="output format (default: safetensors for a .safetensors --out, else pt)")
+def export(source, out, fmt):
+    """Convert weights from any accepted source to one file in vmae2's (the published) layout."""
+    from .weights import export_file
+
+    with user_errors():
+        _print_summary(export_file(source, out, fmt=fmt))
+
+
 if __name__ == "__main__":
     main()
