@@ -1,101 +1,17 @@
-"""The pre-training loop on a tiny model and an in-test loader with the dali_pipes contract.
-
-FakeLoader is imported by the other test_train_* files (pytest puts tests/ on sys.path).
-"""
+"""The training loop on a small model and a loader with the dali_pipes contract (conftest.FakeLoader)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import fake_loader, read_metrics, small_config
 
-from dali_pipes.masking import dual_masks, token_grid
 from vmae2 import checkpoint, weights
+from vmae2.model import VideoMAEv2
 from vmae2.train import NonFiniteLoss, train
-from vmae2.train_config import pretrain_config
-
-# A model small enough for a CPU test: 16x32x32 clips, 8x8 patches → an 8x4x4 token grid.
-SMALL_MODEL = {"model.img_size": 32, "model.patch_size": 8, "model.depth": 2, "model.embed_dim": 48,
-               "model.num_heads": 2, "model.mlp_hidden_dim": 96, "model.decoder_depth": 1,
-               "model.decoder_embed_dim": 32, "model.decoder_num_heads": 2}
-
-
-def small_config(out_dir, **overrides):
-    sets = {**SMALL_MODEL, "out_dir": str(out_dir), "data": "", "total_steps": 8, "warmup_steps": 2,
-            "batch_videos_per_gpu": 2, "num_sample": 2, "log_every": 1, "save_every": 4,
-            "progress": False, "tensorboard": False, "device": "cpu", **overrides}
-    return pretrain_config("tiny", sets)
-
-
-def fake_video(index: int, num_frames: int, size: int) -> np.ndarray:
-    """A moving diagonal grating whose speed and colour depend on the video index."""
-    rng = np.random.default_rng(index)
-    t = np.arange(num_frames)[:, None, None]
-    y, x = np.mgrid[0:size, 0:size]
-    speed, freq = rng.uniform(0.5, 2.0), rng.uniform(0.2, 0.6)
-    phase = freq * (x + y) + speed * t
-    colour = rng.uniform(0.2, 1.0, 3)
-    frames = 127.5 * (1 + np.sin(phase))[..., None] * colour
-    return frames.astype(np.uint8)
-
-
-class FakeLoader:
-    """The dali_pipes.pretrain_loader contract on made-up clips: rank-sharded, seeded, resumable."""
-
-    def __init__(self, batch_size, *, num_sample=4, num_frames=16, img_size=32, patch_size=8, rank=0,
-                 world_size=1, seed=0, num_videos=16, encoder_mask_ratio=0.9, decoder_mask_ratio=0.5,
-                 nan_at_batch=None):
-        self.batch_size, self.num_sample, self.num_frames, self.img_size = batch_size, num_sample, num_frames, img_size
-        self.grid = token_grid(num_frames, img_size, patch_size)
-        self.rank, self.world_size, self.seed, self.num_videos = rank, world_size, seed, num_videos
-        self.ratios = (encoder_mask_ratio, decoder_mask_ratio)
-        self.nan_at_batch, self.served = nan_at_batch, 0
-        self.epoch, self.batch = 0, 0
-
-    def __len__(self):
-        return self.num_videos // self.world_size // self.batch_size
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "batch": self.batch, "served": self.served}
-
-    def load_state_dict(self, state):
-        self.epoch, self.batch, self.served = state["epoch"], state["batch"], state["served"]
-
-    def _make(self, epoch, b):
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_videos)
-        mine = order[self.rank::self.world_size][b * self.batch_size:(b + 1) * self.batch_size]
-        clips = [np.roll(fake_video(int(i), self.num_frames, self.img_size), k, axis=2)
-                 for i in mine for k in range(self.num_sample)]
-        video = torch.from_numpy(np.stack(clips))
-        rng = np.random.default_rng([self.seed, epoch, self.rank, b])
-        masks = {k: torch.from_numpy(v) for k, v in dual_masks(rng, len(clips), self.grid, *self.ratios).items()}
-        if self.nan_at_batch is not None and self.served == self.nan_at_batch:
-            video = video.float()
-            video[0, 0, 0, 0, 0] = float("nan")
-        return {"video": video, "masks": masks, "keys": [f"v{i:04d}" for i in mine]}
-
-    def __iter__(self):
-        while self.batch < len(self):
-            b = self.batch
-            self.batch += 1
-            self.served += 1
-            yield self._make(self.epoch, b)
-        self.epoch, self.batch = self.epoch + 1, 0
-
-
-def fake_loader(cfg, rank=0, world_size=1, **kw):
-    m = cfg.model
-    return FakeLoader(cfg.batch_videos_per_gpu, num_sample=cfg.num_sample, num_frames=m.num_frames,
-                      img_size=m.img_size, patch_size=m.patch_size, rank=rank, world_size=world_size,
-                      seed=cfg.seed, encoder_mask_ratio=m.encoder_mask_ratio,
-                      decoder_mask_ratio=m.decoder_mask_ratio, **kw)
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def final_weights(run_dir):
@@ -158,12 +74,52 @@ class _Interrupting:
             yield batch
 
 
-def test_grad_accumulation_matches_a_larger_batch_step_count(tmp_path):
-    """2 micro-steps of 2 videos: the lr scales with 4 videos per step and the run completes."""
-    cfg = small_config(tmp_path / "accum", grad_accum_steps=2, total_steps=4, save_every=100)
-    train(cfg, loader=fake_loader(cfg))
-    rows = read_metrics(tmp_path / "accum")
-    assert rows[-1]["step"] == 4 and rows[1]["lr"] == pytest.approx(cfg.base_lr * 4 / 256 / 2)
+class _FixedBatches:
+    """The same 4 clips every step, as one batch of 4 or as two micro-batches of 2."""
+
+    def __init__(self, split: bool):
+        from conftest import FakeLoader
+
+        self.whole = FakeLoader(4, num_sample=1, img_size=32).make_batch(0, 0)
+        self.split = split
+
+    def __len__(self):
+        return 1
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __iter__(self):
+        if not self.split:
+            yield self.whole
+            return
+        for half in (slice(0, 2), slice(2, 4)):
+            yield {"video": self.whole["video"][half], "keys": self.whole["keys"][half],
+                   "masks": {k: v[half] for k, v in self.whole["masks"].items()}}
+
+
+def test_grad_accumulation_equals_the_large_batch_step(tmp_path):
+    """2 micro-steps of 2 clips give the gradient (hence the AdamW update) of one step of 4 clips.
+
+    Every sample has the same number of loss tokens, so the mean of the two micro-batch losses is the
+    loss of the whole batch. The lr scales with the 4 videos of the optimizer step in both runs.
+    """
+    common = dict(total_steps=2, warmup_fraction=0.0, num_sample=1, save_every=100, seed=3)
+    accum = small_config(tmp_path / "accum", grad_accum_steps=2, batch_videos_per_gpu=2, **common)
+    large = small_config(tmp_path / "large", grad_accum_steps=1, batch_videos_per_gpu=4, **common)
+    train(accum, loader=_FixedBatches(split=True))
+    train(large, loader=_FixedBatches(split=False))
+    a, b = final_weights(tmp_path / "accum"), final_weights(tmp_path / "large")
+    torch.manual_seed(accum.seed)
+    init = VideoMAEv2(accum.model).state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    assert sum(not torch.allclose(a[k], init[k]) for k in a) > len(a) // 2   # the steps did move the weights
+    rows_a, rows_b = read_metrics(tmp_path / "accum"), read_metrics(tmp_path / "large")
+    assert rows_a[0]["lr"] == rows_b[0]["lr"] == pytest.approx(accum.base_lr * 4 / 256)
+    assert [r["loss"] for r in rows_a] == pytest.approx([r["loss"] for r in rows_b], rel=1e-5)
 
 
 def test_nonfinite_guard_stops_and_names_step_and_checkpoint(tmp_path):

@@ -1,12 +1,16 @@
-"""Training checkpoints that continue a run exactly, written so that a crash never leaves a torn one.
+"""Resumable training checkpoints: everything needed to continue a run exactly, never a torn folder.
 
-A checkpoint is a folder RUN_DIR/ckpt-{step:08d}/:
+A checkpoint is a folder RUN_DIR/ckpt-{step:08d}/ in torch.distributed.checkpoint (DCP) format:
 
-    .metadata, *.distcp   model and optimizer, torch.distributed.checkpoint (DCP) format: each rank
-                          writes its own shards (FSDP2) and replicated tensors once (DDP)
-    rank{r}.pt            per-process state: RNG states and the loader's position
+    .metadata, *.distcp   model, optimizer (each rank writes its own FSDP2 shards, replicated tensors
+                          once), optional extra modules (the EMA of the weights), and one entry per
+                          rank, `rank_state.{r}`: that process's RNG states and loader position
     config.json           the run's resolved config
     meta.json             step, world size, time; written last
+
+The per-rank entries are JSON encoded into uint8 tensors (as torchtitan keeps each data-parallel
+rank's loader state apart), so loading reads tensors only: no file is ever unpickled with
+`weights_only=False` (DCP would, for non-tensor entries).
 
 Every rank writes into ckpt-{step}.tmp/; after a barrier rank 0 writes meta.json and renames the
 folder, so a folder without the .tmp suffix is always complete. Only complete folders are resumed
@@ -14,6 +18,7 @@ from. RUN_DIR must be on a file system that every node sees (multi-node runs).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -28,12 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from shard_tools.files import write_json_atomic
 
 from . import distributed
 
@@ -67,39 +69,97 @@ def latest_checkpoint(run_dir) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
+# ---- per-rank state: RNGs and the loader, as JSON inside a uint8 tensor ------------------------------
+
 def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's torch, CUDA, numpy and Python RNG states (timm's Mixup draws from numpy's)."""
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state().numpy().tobytes(), "numpy": np.random.get_state(legacy=False),
+             "python": [version, list(internal), gauss]}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda"] = torch.cuda.get_rng_state(device).numpy().tobytes()
     return state
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.frombuffer(bytearray(state["torch"]), dtype=torch.uint8))
     np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8), device)
+
+
+def _encode(obj):
+    """JSON-able form of plain containers, bytes and numpy arrays (tagged so `_decode` restores them)."""
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": base64.b64encode(obj.tobytes()).decode("ascii"), "dtype": obj.dtype.str,
+                "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"per-rank checkpoint state holds a {type(obj).__name__}; keep it to plain containers, "
+                    f"numbers, strings, bytes and numpy arrays")
+
+
+def _decode(obj):
+    if isinstance(obj, dict):
+        if "__bytes__" in obj:
+            return base64.b64decode(obj["__bytes__"])
+        if "__ndarray__" in obj:
+            data = base64.b64decode(obj["__ndarray__"])
+            return np.frombuffer(data, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def rank_state_key(rank: int) -> str:
+    return f"rank_state.{rank}"
+
+
+def encode_rank_state(state: dict) -> torch.Tensor:
+    return torch.frombuffer(bytearray(json.dumps(_encode(state)).encode("utf-8")), dtype=torch.uint8)
+
+
+def decode_rank_state(tensor: torch.Tensor) -> dict:
+    return _decode(json.loads(tensor.numpy().tobytes().decode("utf-8")))
+
+
+# ---- save and load ------------------------------------------------------------------------------------
+
+def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, nn.Module]) -> dict:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd, **{name: m.state_dict() for name, m in extra.items()}}
 
 
 def save(run_dir, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, rank_state: dict,
-         config: dict, env: distributed.DistEnv, keep_last: int) -> Path:
-    """Write checkpoint `step` atomically (all ranks call this) and delete all but the newest keep_last."""
+         config: dict, env: distributed.DistEnv, keep_last: int, extra: dict[str, nn.Module] | None = None) -> Path:
+    """Write checkpoint `step` atomically (all ranks call this) and delete all but the newest keep_last.
+
+    extra: further modules saved and restored with the model (e.g. {"ema": ema_model}).
+    """
     final = ckpt_path(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if env.is_main and tmp.exists():
         shutil.rmtree(tmp)   # left over from a run killed while saving
     distributed.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = _training_state(model, optimizer, extra or {})
+    state[rank_state_key(env.rank)] = encode_rank_state(rank_state)
     with single_process_quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
-    # Our own file, read back only by this code: plain torch.save (numpy and Python RNG states inside).
-    torch.save(rank_state, tmp / f"rank{env.rank}.pt")
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
     distributed.barrier()
     if env.is_main:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        meta = {"step": step, "world_size": env.world_size, "time": time.time()}
-        (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+        write_json_atomic(tmp / "config.json", config, indent=2, sort_keys=False)
+        write_json_atomic(tmp / "meta.json", {"step": step, "world_size": env.world_size, "time": time.time()})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -109,8 +169,9 @@ def save(run_dir, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
     return final
 
 
-def load(path, model: nn.Module, optimizer: torch.optim.Optimizer, env: distributed.DistEnv) -> tuple[dict, dict]:
-    """Restore model and optimizer from checkpoint `path`; returns (meta, this rank's state)."""
+def load(path, model: nn.Module, optimizer: torch.optim.Optimizer, env: distributed.DistEnv,
+         extra: dict[str, nn.Module] | None = None) -> tuple[dict, dict]:
+    """Restore model, optimizer and extra modules from checkpoint `path`; returns (meta, this rank's state)."""
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
     if meta["world_size"] != env.world_size:
@@ -118,10 +179,24 @@ def load(path, model: nn.Module, optimizer: torch.optim.Optimizer, env: distribu
                            f"{env.world_size}; exact resume needs the same world size (each rank's loader "
                            f"position and RNG state are saved separately); start a new RUN_DIR, or finetune/"
                            f"visualize from the checkpoint")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
+    extra = extra or {}
+    state = _training_state(model, optimizer, extra)
+    key = rank_state_key(env.rank)
+    size = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata[key].size
+    state[key] = torch.empty(size, dtype=torch.uint8)
     with single_process_quiet():
         dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rank_state = torch.load(path / f"rank{env.rank}.pt", map_location="cpu", weights_only=False)
-    return meta, rank_state
+    for name, module in extra.items():
+        module.load_state_dict(state[name])
+    return meta, decode_rank_state(state[key])
+
+
+def read_model_state(path) -> dict[str, torch.Tensor]:
+    """The model's full state dict from checkpoint folder `path`, on the CPU, in one process."""
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    state = {key: torch.empty(info.size, dtype=info.properties.dtype)
+             for key, info in metadata.state_dict_metadata.items() if key.startswith("model.")}
+    with single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    return {k[len("model."):]: v for k, v in state.items()}

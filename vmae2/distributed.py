@@ -6,6 +6,7 @@ process. NCCL on CUDA, gloo on CPU (the tests run 2 gloo processes).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -70,20 +71,34 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
-    return x
-
-
-def broadcast_object(obj):
-    """rank 0's Python object on every rank."""
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order (a one-element list in a single process)."""
     if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Autocast:
+    """The one place that chooses the precision: bf16 autocast on CUDA (or when asked), else fp32.
+
+    Reusable as a context manager around every forward pass; `bf16` tells FSDP2 how to gather.
+    """
+
+    def __init__(self, precision: str, device: torch.device):
+        self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        self._context = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def __enter__(self):
+        return self._context.__enter__()
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
+
+
+def autocast(precision: str, device: torch.device) -> Autocast:
+    return Autocast(precision, device)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.ModuleList]:
@@ -131,8 +146,6 @@ def wrap(model: nn.Module, env: DistEnv, parallel: str, bf16: bool) -> nn.Module
 
 def no_grad_sync(model: nn.Module, sync: bool):
     """Context for one micro-step: skip the gradient all-reduce unless `sync` (grad accumulation)."""
-    import contextlib
-
     if sync:
         if hasattr(model, "set_requires_gradient_sync"):
             model.set_requires_gradient_sync(True)

@@ -36,7 +36,7 @@ def pretrain_flops(cfg: ModelConfig, decoder_mask_ratio: float | None = None) ->
                + LAYERNORM_FLOPS * n_vis * d)
     enc_to_dec = n_vis * d * dd
     head_out = 3 * cfg.tubelet_size * cfg.patch_size ** 2
-    decoder = (cfg.decoder_depth * block_flops(n_vis + n_query, dd, int(dd * cfg.decoder_mlp_ratio))
+    decoder = (cfg.decoder_depth * block_flops(n_vis + n_query, dd, cfg.decoder_mlp_hidden_dim)
                + LAYERNORM_FLOPS * n_query * dd + n_query * dd * head_out)
     return {"encoder": encoder, "enc_to_dec": enc_to_dec, "decoder": decoder,
             "total": encoder + enc_to_dec + decoder}

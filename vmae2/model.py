@@ -53,6 +53,13 @@ def normalize_video(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels, (pixels - mean) / std
 
 
+def token_stats(tokens: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token, per-channel mean and (unbiased std + eps) of (B, N, 2·p·p, 3) pixels (spec §4)."""
+    mean = tokens.mean(dim=-2, keepdim=True)
+    std = tokens.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+    return mean, std + eps
+
+
 class CubeEmbed(nn.Module):
     """Cube (tubelet) embedding: a Conv3d with kernel = stride = (2, p, p)."""
 
@@ -149,8 +156,7 @@ class Decoder(nn.Module):
         super().__init__()
         dim = cfg.decoder_embed_dim
         self.grad_checkpointing = cfg.grad_checkpointing
-        self.blocks = make_blocks(dim, cfg.decoder_depth, cfg.decoder_num_heads,
-                                  int(dim * cfg.decoder_mlp_ratio), 0.0)
+        self.blocks = make_blocks(dim, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_mlp_hidden_dim, 0.0)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, 3 * cfg.tubelet_size * cfg.patch_size ** 2)
         self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, dim), persistent=False)
@@ -200,9 +206,8 @@ class VideoMAEv2(nn.Module):
         token_idx = torch.gather(query_idx, 1, loss_idx)             # (B, N_loss)
         B, _, P, C = patches.shape
         target = torch.gather(patches, 1, token_idx[:, :, None, None].expand(-1, -1, P, C))
-        mean = target.mean(dim=-2, keepdim=True)
-        std = target.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-        target = ((target - mean) / (std + 1e-6)).flatten(2)        # (B, N_loss, 2pp·3), channel fastest
+        mean, std = token_stats(target)
+        target = ((target - mean) / std).flatten(2)                  # (B, N_loss, 2pp·3), channel fastest
         pred = gather_tokens(pred, loss_idx).float()                 # (B, N_loss, 2pp·3)
         return (pred - target).pow(2).mean(dim=-1).mean()
 

@@ -81,6 +81,20 @@ def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int, total_
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def scaled_lr(base_lr: float, videos_per_step: int) -> float:
+    """The linear scaling rule of the published scripts: lr = base × (videos per optimizer step) / 256."""
+    return base_lr * videos_per_step / 256
+
+
+def build_ema(model: nn.Module, decay: float):
+    """timm's EMA of the weights (evaluated and exported instead of the model), or None for decay 0."""
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)

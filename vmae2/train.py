@@ -1,14 +1,15 @@
-"""VideoMAE V2 pre-training: one `train(cfg)` from one CPU to many GPU nodes.
+"""The training loop of vmae2: one `train(cfg)` for pre-training and fine-tuning, one CPU to many GPU nodes.
 
-Read top to bottom: processes and device → model (compile, DDP/FSDP2) → optimizer → loader →
-resume → the step loop (lr, micro-steps, clip, non-finite guard, update, log, checkpoint) → final
-checkpoint and weights. Nothing syncs with the host between logged steps: metrics are summed on
-the device, and a non-finite step is skipped on the device too (torch's fused AdamW drops the whole
-update when its `found_inf` is set, as under GradScaler) and reported when the next row is logged.
+Read top to bottom: processes and device → model from the task (compile, DDP/FSDP2) → optimizer →
+loader → resume → the step loop (lr, micro-steps, clip, non-finite guard, update, EMA, log, evaluate,
+checkpoint) → final weights and evaluation. What is trained comes from the task (vmae2.tasks): the
+model, its parameter groups, the loader and the loss of a batch. Nothing syncs with the host between
+logged steps: metrics are summed on the device, and a non-finite step is skipped on the device too
+(torch's fused AdamW drops the whole update when its `found_inf` is set, as under GradScaler) and
+reported when the next row is logged.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import resource
@@ -17,13 +18,16 @@ from pathlib import Path
 
 import torch
 
+from shard_tools.files import write_json_atomic, write_text_atomic
+
 from . import checkpoint, distributed, optim, weights
-from .model import VideoMAEv2
-from .train_config import PretrainConfig, parse_set_args, pretrain_config, save_config, to_json
+from .config import FinetuneConfig, TrainConfig, finetune_config, pretrain_config, save_config
+from .overrides import config_text, parse_set_args, read_config_file
+from .tasks import task_for
 
 # Config keys that may change between a run and its resumption without changing its numbers.
 RESUMABLE_CHANGES = {"log_every", "save_every", "keep_last", "max_nonfinite_skips", "tensorboard",
-                     "progress", "log_keys", "loader_threads", "data", "out_dir"}
+                     "progress", "log_keys", "loader_threads", "data", "val_data", "out_dir", "init"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -66,22 +70,6 @@ class NonFiniteGuard:
         self.first_step.fill_(-1)
 
 
-def make_loader(cfg: PretrainConfig, env: distributed.DistEnv):
-    """The DALI pre-training loader of dali_pipes for this rank."""
-    if not Path(cfg.data).exists():
-        raise FileNotFoundError(f"data={cfg.data!r}: no such shard folder or manifest.json; pack videos with "
-                                f"`vmae2-shard pack` or make a synthetic set with `vmae2-shard synth OUT`")
-    from dali_pipes import pretrain_loader
-
-    m = cfg.model
-    return pretrain_loader(cfg.data, cfg.batch_videos_per_gpu, num_sample=cfg.num_sample,
-                           num_frames=m.num_frames, img_size=m.img_size, device=env.device,
-                           rank=env.rank, world_size=env.world_size, seed=cfg.seed,
-                           patch_size=m.patch_size, encoder_mask_ratio=m.encoder_mask_ratio,
-                           decoder_mask_ratio=m.decoder_mask_ratio, stride=cfg.frame_stride,
-                           num_threads=cfg.loader_threads)
-
-
 def forever(loader):
     """Batches across epochs; the loader's own state says where an interrupted epoch stands."""
     while True:
@@ -107,13 +95,10 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if json.loads(r)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(r + "\n" for r in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(r + "\n" for r in rows if json.loads(r)["step"] <= step))
 
 
-def open_tensorboard(cfg: PretrainConfig, run_dir: Path, step: int):
+def open_tensorboard(cfg: TrainConfig, run_dir: Path, step: int):
     if not cfg.tensorboard:
         return None
     try:
@@ -124,52 +109,53 @@ def open_tensorboard(cfg: PretrainConfig, run_dir: Path, step: int):
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
 
 
-def train(cfg: PretrainConfig, loader=None) -> dict:
-    """Pre-train (or continue pre-training) into cfg.out_dir; returns a summary of the run.
+def train(cfg: TrainConfig, loader=None, task=None) -> dict:
+    """Train (or continue training) into cfg.out_dir; returns a summary of the run.
 
-    loader: anything with the dali_pipes.pretrain_loader contract (iterable of {"video", "masks",
-    "keys"} batches with len(), state_dict() and load_state_dict()); built from cfg.data when None.
+    loader: anything with the dali_pipes loader contract (iterable of batches with len(), state_dict() and
+    load_state_dict()); built by the task from cfg.data when None. task: vmae2.tasks.Reconstruction or
+    Classification; chosen from the config's type when None.
     """
     env = distributed.init(cfg.device)
     try:
-        return _train(cfg, env, loader)
+        return _train(cfg, env, loader, task or task_for(cfg))
     finally:
         distributed.shutdown()
 
 
-def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
+def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
     run_dir = Path(cfg.out_dir)
     if not cfg.out_dir:
         raise ValueError("out_dir is empty: pass --out RUN_DIR")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = distributed.autocast(cfg.precision, env.device)
 
     # Model: the same init on every rank (DDP also broadcasts rank 0's weights).
     torch.manual_seed(cfg.seed)
-    raw_model = VideoMAEv2(cfg.model).to(env.device)
+    raw_model = task.build_model().to(env.device)
+    ema = optim.build_ema(raw_model, getattr(cfg, "ema_decay", 0.0))
     if cfg.compile:
         distributed.compile_blocks(raw_model)
-    model = distributed.wrap(raw_model, env, cfg.parallel, bf16)
+    model = distributed.wrap(raw_model, env, cfg.parallel, autocast.bf16)
+    if loader is None:
+        loader = task.make_loader(env)
+    total_steps, warmup_steps = cfg.steps(len(loader))
 
     # Optimizer: lr scaled by the videos of one optimizer step over all processes (spec §7).
     videos_per_step = cfg.videos_per_step * env.world_size
-    peak_lr = cfg.base_lr * videos_per_step / 256
-    min_lr = cfg.min_lr_base * videos_per_step / 256
-    groups = optim.pretrain_param_groups(model, cfg.weight_decay)
-    optimizer = optim.build_optimizer(groups, kind=cfg.optimizer, lr=peak_lr, eps=cfg.adam_eps,
+    peak_lr, min_lr = optim.scaled_lr(cfg.base_lr, videos_per_step), optim.scaled_lr(cfg.min_lr_base, videos_per_step)
+    optimizer = optim.build_optimizer(task.param_groups(model), kind=cfg.optimizer, lr=peak_lr, eps=cfg.adam_eps,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), device=env.device)
-    if loader is None:
-        loader = make_loader(cfg, env)
+    extra = {"ema": ema} if ema is not None else {}
 
     # Resume from the newest complete checkpoint, if any; else start with per-rank RNG streams.
-    step, config = 0, to_json(cfg)
+    step, config = 0, json.loads(config_text(cfg))
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         check_resume_config(json.loads((latest / "config.json").read_text()), config, latest)
-        meta, rank_state = checkpoint.load(latest, model, optimizer, env)
+        meta, rank_state = checkpoint.load(latest, model, optimizer, env, extra)
         step = meta["step"]
         checkpoint.set_rng_state(rank_state["rng"], env.device)
         loader.load_state_dict(rank_state["loader"])
@@ -185,9 +171,20 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
     keys_file = open(run_dir / f"keys-rank{env.rank}.jsonl", "a") if cfg.log_keys else None
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
                disable=not (env.is_main and cfg.progress))
 
+    def log(row: dict) -> None:
+        if env.is_main:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            if tb is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        tb.add_scalar(f"{task.name}/{key}", value, row["step"])
+
+    steps_per_epoch = max(1, len(loader) // cfg.grad_accum_steps)
+    eval_every = round(getattr(cfg, "eval_every_epochs", 0) * steps_per_epoch)
     clips_per_step = videos_per_step * cfg.num_sample
     last_ckpt = latest
     guard = NonFiniteGuard(env.device, cfg.max_nonfinite_skips)
@@ -198,9 +195,8 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
     run_start, start_step, summary_loss = time.perf_counter(), step, float("nan")
     data = forever(loader)
     model.train()
-    while step < cfg.total_steps:
-        lr = optim.lr_at(step, peak_lr=peak_lr, min_lr=min_lr, warmup_steps=cfg.warmup_steps,
-                         total_steps=cfg.total_steps)
+    while step < total_steps:
+        lr = optim.lr_at(step, peak_lr=peak_lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=total_steps)
         optim.set_lr(optimizer, lr)
         step_loss = torch.zeros((), device=env.device)
         for micro in range(cfg.grad_accum_steps):
@@ -211,7 +207,7 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
                 keys_file.write(json.dumps({"step": step, "keys": list(batch["keys"])}) + "\n")
             with distributed.no_grad_sync(model, sync=micro == cfg.grad_accum_steps - 1):
                 with autocast:
-                    loss, _ = model(batch["video"], batch["masks"])
+                    loss = task.loss(model, batch)
                 (loss / cfg.grad_accum_steps).backward()
             step_loss += loss.detach() / cfg.grad_accum_steps
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
@@ -224,6 +220,8 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
         elif finite.item():                           # apex: the host has to decide
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(distributed.unwrap(model))
         guard.record(step + 1, finite, step_loss)
         loss_sum += torch.where(finite, step_loss, 0.0)
         window_updates += finite.float()
@@ -231,7 +229,7 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
         window_steps += 1
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == cfg.total_steps:
+        if step % cfg.log_every == 0 or step == total_steps:
             guard.check(last_ckpt, env.is_main)
             elapsed = time.perf_counter() - window_start
             stats = distributed.all_reduce_mean(torch.stack([loss_sum / window_updates.clamp(min=1),
@@ -241,26 +239,35 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
                    "clips_per_s": clips_per_step * window_steps / elapsed, "step_time_s": elapsed / window_steps,
                    "data_wait_frac": mean_wait / elapsed, "peak_mem_gib": peak_memory_gib(env.device),
                    "elapsed_s": time.perf_counter() - run_start}
-            if env.is_main:
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                if tb is not None:
-                    for key, value in row.items():
-                        if key != "step":
-                            tb.add_scalar(f"pretrain/{key}", value, step)
-                bar.set_postfix(loss=f"{summary_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}",
-                                data_wait=f"{100 * row['data_wait_frac']:.0f}%")
+            if hasattr(loader, "source_counts"):      # a mixture: samples drawn per source so far
+                row["source_counts"] = loader.source_counts()
+            log(row)
+            bar.set_postfix(loss=f"{summary_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}",
+                            data_wait=f"{100 * row['data_wait_frac']:.0f}%")
             loss_sum.zero_()
             window_updates.zero_()
             window_steps, data_wait_s, window_start = 0, 0.0, time.perf_counter()
 
-        if step % cfg.save_every == 0 or step == cfg.total_steps:
+        if eval_every and step % eval_every == 0 and step < total_steps:
+            result = task.evaluate(ema or model, env, final=False)
+            if result is not None:
+                log({"step": step, **{f"val_{k}": v for k, v in result.items() if isinstance(v, (int, float))}})
+            model.train()
+
+        if step % cfg.save_every == 0 or step == total_steps:
             guard.check(last_ckpt, env.is_main)
             rank_state = {"rng": checkpoint.rng_state(env.device), "loader": loader.state_dict()}
-            last_ckpt = checkpoint.save(run_dir, step, model, optimizer, rank_state, config, env, cfg.keep_last)
+            last_ckpt = checkpoint.save(run_dir, step, model, optimizer, rank_state, config, env, cfg.keep_last,
+                                        extra)
     bar.close()
 
-    weights.export_weights(model, run_dir / weights.FINAL_WEIGHTS, env)
+    final_model = ema if ema is not None else model
+    weights.export_weights(final_model, run_dir / f"{task.name}_final.pt", env)   # pretrain_final.pt ...
+    result = task.evaluate(final_model, env, final=True)
+    if result is not None:
+        log({"step": step, **{f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float))}})
+        if env.is_main:
+            write_json_atomic(run_dir / "result.json", result, indent=2, sort_keys=False)
     for f in (metrics_file, keys_file):
         if f is not None:
             f.close()
@@ -270,25 +277,58 @@ def _train(cfg: PretrainConfig, env: distributed.DistEnv, loader) -> dict:
                "final_loss": summary_loss, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
                "wall_s": time.perf_counter() - run_start, "world_size": env.world_size,
                "skipped_steps": int(guard.count), "weights_sha256": distributed.weights_digest(model)}
+    if result is not None:
+        summary["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     if env.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(run_dir / "summary.json", summary, indent=2, sort_keys=False)
     return summary
 
 
-def run_pretrain(preset: str, data: str, out: str, steps: int | None = None, sets=(), resume: bool | None = None,
-                 loader=None) -> dict:
-    """What `vmae2-train pretrain` does: preset + overrides → config → train.
+def resolve_config(kind: str, preset: str, *, dataset: str | None = None, config_file: str | None = None,
+                   sets=(), **fields):
+    """Preset → config file values → fields given as options → `--set` overrides, in that order."""
+    overrides = dict(read_config_file(config_file)) if config_file else {}
+    overrides.update({k: v for k, v in fields.items() if v is not None})
+    overrides.update(parse_set_args(sets))
+    if kind == "finetune":
+        return finetune_config(preset, dataset, overrides)
+    return pretrain_config(preset, overrides)
 
-    resume: None continues automatically when `out` holds a checkpoint; True requires one; False
-    refuses to touch a run folder that has one.
+
+def run(cfg: TrainConfig, resume: bool | None = None, loader=None, config_format: str = "json") -> dict:
+    """What `vmae2-train pretrain/finetune` do once the config is resolved.
+
+    resume: None continues automatically when the run folder holds a checkpoint; True requires one;
+    False refuses to touch a run folder that has one.
     """
-    overrides = {"data": data, "out_dir": out, **parse_set_args(sets)}
-    if steps is not None:
-        overrides["total_steps"] = steps
-    cfg = pretrain_config(preset, overrides)
+    out = cfg.out_dir
     latest = checkpoint.latest_checkpoint(out) if Path(out).is_dir() else None
     if resume is True and latest is None:
         raise FileNotFoundError(f"--resume: {out} holds no complete checkpoint (ckpt-*/ with meta.json)")
     if resume is False and latest is not None:
         raise FileExistsError(f"--no-resume: {out} already holds {latest.name}; pick another --out or delete it")
+    if config_format == "yaml":     # the resolved config also in the format it was given in
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(out) / "config.yaml")
     return train(cfg, loader=loader)
+
+
+def run_pretrain(preset: str, data: str, out: str, steps: int | None = None, sets=(), resume: bool | None = None,
+                 loader=None, init: str | None = None, config_file: str | None = None) -> dict:
+    """`vmae2-train pretrain`: preset + config file + options + overrides → config → train."""
+    cfg = resolve_config("pretrain", preset, config_file=config_file, sets=sets, data=data, out_dir=out,
+                         total_steps=steps, init=init)
+    return run(cfg, resume, loader, _format(config_file))
+
+
+def run_finetune(preset: str, data: str, out: str, *, dataset: str | None = None, val_data: str | None = None,
+                 init: str | None = None, steps: int | None = None, epochs: float | None = None, sets=(),
+                 resume: bool | None = None, loader=None, config_file: str | None = None) -> FinetuneConfig:
+    """`vmae2-train finetune`: the published recipe of preset × dataset + overrides → config → train."""
+    cfg = resolve_config("finetune", preset, dataset=dataset, config_file=config_file, sets=sets, data=data,
+                         out_dir=out, val_data=val_data, init=init, total_steps=steps, epochs=epochs)
+    return run(cfg, resume, loader, _format(config_file))
+
+
+def _format(config_file: str | None) -> str:
+    return "yaml" if config_file and Path(config_file).suffix.lower() in (".yaml", ".yml") else "json"

@@ -14,7 +14,7 @@ import torch
 
 from . import weights
 from .config import ModelConfig
-from .model import VideoMAEv2, normalize_video
+from .model import VideoMAEv2, normalize_video, token_stats
 
 GREY = 0.5
 
@@ -38,9 +38,8 @@ def reconstruct(model: VideoMAEv2, video: torch.Tensor, masks: dict) -> dict[str
     B, N, P, C = patches.shape
     visible, query = masks["visible_idx"], masks["query_idx"]
     target = torch.gather(patches, 1, query[:, :, None, None].expand(-1, -1, P, C))
-    mean = target.mean(dim=-2, keepdim=True)
-    std = target.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    pred = pred.float().reshape(B, -1, P, C) * (std + 1e-6) + mean  # de-normalised, (B, N_query, 2pp, 3)
+    mean, std = token_stats(target)
+    pred = pred.float().reshape(B, -1, P, C) * std + mean        # de-normalised, (B, N_query, 2pp, 3)
 
     is_visible = torch.zeros(B, N, dtype=torch.bool, device=patches.device).scatter_(1, visible, True)[:, :, None, None]
     masked = torch.where(is_visible, patches, torch.full_like(patches, GREY))
@@ -90,11 +89,12 @@ def visualize(ckpt, data, out, num_clips: int = 2, num_frames: int = 4, seed: in
 
     load_pretrain(model, state, name=str(ckpt))
     from dali_pipes import pretrain_loader
+    from dali_pipes.sampling import SamplingConfig
 
-    loader = pretrain_loader(data, num_clips, num_sample=1, num_frames=cfg.num_frames, img_size=cfg.img_size,
-                             device=device, seed=seed, patch_size=cfg.patch_size,
-                             encoder_mask_ratio=cfg.encoder_mask_ratio, decoder_mask_ratio=cfg.decoder_mask_ratio,
-                             stride=config.get("frame_stride", 4), shuffle=False, num_threads=2)
+    sampling = SamplingConfig(num_frames=cfg.num_frames, stride=config.get("frame_stride", 4), img_size=cfg.img_size,
+                              num_sample=1, patch_size=cfg.patch_size, encoder_mask_ratio=cfg.encoder_mask_ratio,
+                              decoder_mask_ratio=cfg.decoder_mask_ratio)
+    loader = pretrain_loader(data, num_clips, sampling, device=device, seed=seed, shuffle=False, num_threads=2)
     batch = next(iter(loader))
     loader.close()
     model.to(device)

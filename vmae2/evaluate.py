@@ -1,0 +1,136 @@
+"""The test protocol (spec §7): softmax per view, averaged over a video's clips × crops; top-1, top-5,
+mean per-class accuracy; every video counted once over all ranks.
+
+`vmae2-train eval` evaluates a classifier from anywhere vmae2.weights reads (our run or checkpoint, a
+published fine-tuned .pth, safetensors, Hugging Face) and writes DIR/result.json and DIR/predictions.jsonl.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shard_tools.files import write_json_atomic, write_text_atomic
+
+from . import distributed
+
+
+@torch.no_grad()
+def video_probabilities(model, loader, autocast) -> dict[str, tuple[int, np.ndarray]]:
+    """{key: (label, mean softmax over the video's views)} for the videos this rank's loader yields.
+
+    The loader pads ranks by repeating samples; a repeated video's views are the same views, so its mean
+    is unchanged: each key is kept once.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    seen_views: dict[str, set] = {}
+    for batch in loader:
+        with autocast:
+            probs = model(batch["video"]).float().softmax(dim=-1).cpu().numpy()
+        views = batch.get("view")
+        for i, (key, label) in enumerate(zip(batch["keys"], batch["label"].tolist())):
+            view = tuple(views[i]) if views is not None else (counts.get(key, 0),)
+            if view in seen_views.setdefault(key, set()):
+                continue                                   # a padding repeat of a view already counted
+            seen_views[key].add(view)
+            sums[key] = sums.get(key, 0) + probs[i]
+            counts[key] = counts.get(key, 0) + 1
+            labels[key] = int(label)
+    model.train(was_training)
+    return {key: (labels[key], sums[key] / counts[key]) for key in sums}
+
+
+def gather_videos(local: dict) -> dict:
+    """All ranks' per-video results merged by key (a video that two ranks saw counts once)."""
+    merged = {}
+    for part in distributed.all_gather_objects(local):
+        for key, value in part.items():
+            merged.setdefault(key, value)
+    return merged
+
+
+def metrics(videos: dict[str, tuple[int, np.ndarray]]) -> dict:
+    """top-1, top-5 and mean per-class accuracy (%) over videos {key: (label, probabilities)}."""
+    if not videos:
+        raise ValueError("no videos were evaluated")
+    labels = np.array([label for label, _ in videos.values()])
+    probs = np.stack([p for _, p in videos.values()])
+    order = np.argsort(-probs, axis=1)
+    top1 = order[:, 0] == labels
+    top5 = (order[:, :5] == labels[:, None]).any(axis=1)
+    per_class = [top1[labels == c].mean() for c in np.unique(labels)]
+    return {"top1": 100.0 * top1.mean(), "top5": 100.0 * top5.mean(),
+            "mean_class_accuracy": 100.0 * float(np.mean(per_class)), "num_videos": len(videos)}
+
+
+def predictions_text(videos: dict[str, tuple[int, np.ndarray]]) -> str:
+    lines = []
+    for key in sorted(videos):
+        label, probs = videos[key]
+        top = np.argsort(-probs)[:5]
+        lines.append(json.dumps({"key": key, "label": label, "top5": top.tolist(),
+                                 "top5_prob": [round(float(probs[c]), 6) for c in top]}))
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_views(model, cfg, data: str, views: tuple[int, int], env, out_dir=None) -> dict:
+    """Evaluate `model` on the labeled shards `data` with clips × crops test views; all ranks call this."""
+    from dali_pipes.classify import test_loader
+
+    from .tasks import classify_config
+
+    num_clips, num_crops = views
+    loader = test_loader(data, cfg.batch_videos_per_gpu, classify_config(cfg), num_clips=num_clips,
+                         num_crops=num_crops, device=env.device, rank=env.rank, world_size=env.world_size,
+                         num_threads=cfg.loader_threads)
+    try:
+        videos = gather_videos(video_probabilities(model, loader, distributed.autocast(cfg.precision, env.device)))
+    finally:
+        if hasattr(loader, "close"):
+            loader.close()
+    result = {**metrics(videos), "views": f"{num_clips}x{num_crops}"}
+    if out_dir is not None and env.is_main:
+        write_text_atomic(Path(out_dir) / "predictions.jsonl", predictions_text(videos))
+    return result
+
+
+def run_eval(weights: str, data: str, out: str, *, preset: str | None = None, views: str = "5x3",
+             head_rows: str | None = None, sets=(), device: str = "auto") -> dict:
+    """`vmae2-train eval`: a classifier from `weights` on the labeled shards `data` → OUT/result.json."""
+    from .config import finetune_config
+    from .model import VideoClassifier
+    from .overrides import ConfigError, parse_set_args
+    from .tasks import dataset_num_classes
+    from .weights import load_weights, read_weights
+
+    try:
+        num_clips, num_crops = (int(v) for v in views.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--views {views!r}: expected CLIPSxCROPS, e.g. 5x3") from None
+    _, run_config = read_weights(weights)
+    overrides = {"device": device, **parse_set_args(sets)}
+    if run_config and "model" in run_config:
+        preset = preset or run_config.get("preset")
+        overrides.update({f"model.{k}": v for k, v in run_config["model"].items()})
+    cfg = finetune_config(preset or "vit_b", None, overrides)
+    env = distributed.init(cfg.device)
+    try:
+        model = VideoClassifier(cfg.model, dataset_num_classes(data), drop_path=0.0)
+        report = load_weights(model, weights, head_rows=head_rows)
+        model.to(env.device)
+        if env.is_main:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        result = evaluate_views(model, cfg, data, (num_clips, num_crops), env, out_dir=out)
+        result.update({"weights": str(weights), "data": str(data), "preset": cfg.preset, "load": str(report)})
+        if env.is_main:
+            write_json_atomic(Path(out) / "result.json", result, indent=2, sort_keys=False)
+        return result
+    finally:
+        distributed.shutdown()

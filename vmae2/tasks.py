@@ -1,0 +1,167 @@
+"""What is trained: a task supplies the model, its parameter groups, the loader and the loss of a batch.
+
+The training loop (vmae2.train) owns everything else: lr schedule, accumulation, clipping, the non-finite
+guard, logging, DDP/FSDP2, checkpoints and exact resume. Two tasks:
+
+    Reconstruction   pre-training: VideoMAEv2, dual masks from the loader, the model's own loss (spec §4)
+    Classification   fine-tuning / post-pre-training: VideoClassifier, mixup/cutmix on the device, soft-target
+                     cross-entropy (spec §7), periodic 1-view and final multi-view evaluation
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import optim
+from .config import FinetuneConfig, PretrainConfig, TrainConfig
+from .model import VideoClassifier, VideoMAEv2
+
+
+def check_data(path: str, name: str = "data") -> None:
+    if not path or not Path(path).exists():
+        raise FileNotFoundError(f"{name}={path!r}: no such shard folder, manifest.json or mixture file; pack videos "
+                                f"with `vmae2-shard pack` or make a synthetic set with `vmae2-shard synth OUT`")
+
+
+def sampling_config(cfg: TrainConfig):
+    """The loader's per-sample draws for this run (dali_pipes.sampling.SamplingConfig)."""
+    from dali_pipes.sampling import SamplingConfig
+
+    m = cfg.model
+    return SamplingConfig(num_frames=m.num_frames, stride=cfg.frame_stride, img_size=m.img_size,
+                          num_sample=cfg.num_sample, patch_size=m.patch_size,
+                          encoder_mask_ratio=m.encoder_mask_ratio, decoder_mask_ratio=m.decoder_mask_ratio)
+
+
+class Reconstruction:
+    """Dual-masking pre-training: loss = the model's normalised-pixel MSE on the loss tokens."""
+
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+
+    def build_model(self) -> nn.Module:
+        model = VideoMAEv2(self.cfg.model)
+        if self.cfg.init:
+            from .weights import load_weights
+
+            print(f"init from {self.cfg.init}: {load_weights(model, self.cfg.init)}")
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return optim.pretrain_param_groups(model, self.cfg.weight_decay)
+
+    def make_loader(self, env):
+        check_data(self.cfg.data)
+        from dali_pipes import pretrain_loader
+
+        return pretrain_loader(self.cfg.data, self.cfg.batch_videos_per_gpu, sampling_config(self.cfg),
+                               device=env.device, rank=env.rank, world_size=env.world_size, seed=self.cfg.seed,
+                               num_threads=self.cfg.loader_threads)
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        loss, _ = model(batch["video"], batch["masks"])
+        return loss
+
+    def evaluate(self, model, env, final: bool) -> dict | None:
+        return None
+
+
+def mix_clips(mixup, video: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup/CutMix on uint8 clips (B, T, H, W, 3): the same box on every frame, soft targets.
+
+    timm mixes (B, C, H, W) images; frames and channels are folded into C so that a CutMix box covers
+    H × W on every frame. (The published trainer hands timm (B, C, T, H, W) clips, whose CutMix box then
+    spans T × H; we keep the CutMix paper's spatial box.) Returns float pixels in [0, 255], which the model
+    normalises like uint8 input.
+    """
+    B, T, H, W, C = video.shape
+    x = video.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float()
+    x, target = mixup(x, label)
+    return x.reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2), target
+
+
+class Classification:
+    """Fine-tuning: VideoClassifier, layer-wise lr decay, mixup/cutmix + label smoothing (spec §7)."""
+
+    name = "finetune"
+
+    def __init__(self, cfg: FinetuneConfig, num_classes: int | None = None):
+        self.cfg = cfg
+        self.num_classes = num_classes or dataset_num_classes(cfg.data)
+        self.mixup = None
+        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
+                               switch_prob=cfg.mixup_switch_prob, mode="batch",
+                               label_smoothing=cfg.label_smoothing, num_classes=self.num_classes)
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        model = VideoClassifier(cfg.model, self.num_classes, drop_path=cfg.drop_path, head_dropout=cfg.head_dropout)
+        if cfg.init:
+            from .weights import load_weights
+
+            report = load_weights(model, cfg.init, head_rows=cfg.head_rows or None)
+            print(f"init from {cfg.init}: {report}")
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return optim.layer_decay_param_groups(model, self.cfg.weight_decay, self.cfg.layer_decay)
+
+    def make_loader(self, env):
+        check_data(self.cfg.data)
+        from dali_pipes.classify import finetune_loader
+
+        return finetune_loader(self.cfg.data, self.cfg.batch_videos_per_gpu, classify_config(self.cfg),
+                               device=env.device, rank=env.rank, world_size=env.world_size, seed=self.cfg.seed,
+                               num_threads=self.cfg.loader_threads)
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        video, label = batch["video"], batch["label"]
+        if self.mixup is not None:
+            video, target = mix_clips(self.mixup, video, label)
+            logits = model(video).float()
+            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()  # SoftTargetCrossEntropy
+        return F.cross_entropy(model(video).float(), label, label_smoothing=self.cfg.label_smoothing)
+
+    def evaluate(self, model, env, final: bool) -> dict | None:
+        """1-view validation during training; the full clips × crops protocol at the end."""
+        if not self.cfg.val_data:
+            return None
+        from .evaluate import evaluate_views
+
+        views = (self.cfg.test_num_clips, self.cfg.test_num_crops) if final else (1, 1)
+        return evaluate_views(model, self.cfg, self.cfg.val_data, views, env)
+
+
+def classify_config(cfg: FinetuneConfig):
+    """The fine-tuning loader's per-sample draws for this run (dali_pipes.classify)."""
+    from dali_pipes.classify import ClassifyConfig
+
+    m = cfg.model
+    return ClassifyConfig(num_frames=m.num_frames, stride=cfg.frame_stride, img_size=m.img_size,
+                          num_sample=cfg.num_sample, sampling=cfg.sampling, flip=cfg.flip,
+                          rand_augment=cfg.rand_augment, random_erase_prob=cfg.random_erase_prob)
+
+
+def dataset_num_classes(data: str) -> int:
+    """Classes of a labeled shard set (its manifest's label map); an unlabeled set is an error."""
+    check_data(data)
+    from dali_pipes.shards import open_shards
+    from shard_tools.format import read_manifest
+
+    labels = read_manifest(open_shards(data).root)["labels"]
+    if not labels:
+        raise ValueError(f"{data}: the dataset has no labels (manifest 'labels' is empty); fine-tuning needs a "
+                         f"labeled set (vmae2-shard pack with class folders or a `path label` list, or synth)")
+    return len(labels)
+
+
+def task_for(cfg: TrainConfig):
+    return Classification(cfg) if isinstance(cfg, FinetuneConfig) else Reconstruction(cfg)
