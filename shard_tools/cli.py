@@ -6,9 +6,10 @@ import sys
 import click
 
 from shard_tools.format import FormatError
+from shard_tools.frames import DEFAULT_FIRST_FRAME, DEFAULT_FRAME_TEMPLATE, DEFAULT_FRAMES_FPS
 from shard_tools.info import format_info, info
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, format_summary, pack
-from shard_tools.sources import SourceError
+from shard_tools.sources import LIST_FORMATS, SourceError
 from shard_tools.synth import make_synthetic
 from shard_tools.transcode import ENCODERS, TranscodeError
 from shard_tools.verify import verify
@@ -44,14 +45,30 @@ def _shard_options(fn):
 @main.command("pack")
 @click.argument("src")
 @click.argument("out")
-@click.option("--root", default=None,
-              help="Folder prepended to relative paths of a list file or CSV.")
+@click.option("--root", "--data-root", "root", default=None,
+              help="Folder prepended to relative paths of a list file or CSV (--data-root is "
+                   "the published scripts' name for it).")
 @click.option("--labels", default=None,
-              help="Label map file: one class name per line (index = line number), or "
-                   "`name index` per line. Default: built from the inputs.")
-@click.option("--path-column", default="path", show_default=True, help="CSV column of paths.")
+              help="Label map file: one class name per line, the line order fixing the index "
+                   "(the published label_map_k400.txt), or `name index` on every line. A label "
+                   "in the data but not in the map is an error. Default: built from the inputs.")
+@click.option("--path-column", default="path", show_default=True,
+              help="Path column of a list file whose first line is a header.")
 @click.option("--label-column", default="label", show_default=True,
-              help="CSV column of labels (absent: unlabeled).")
+              help="Label column of a headered list file (absent: unlabeled).")
+@click.option("--list-format", type=click.Choice(["auto", *LIST_FORMATS]), default="auto",
+              show_default=True,
+              help="Reading of `path N M` lines: path-frames-label (fine-tuning frame lists), "
+                   "path-start-total (pre-training lists), or auto: `path start total` when any "
+                   "total is -1 or every start is 0 or 1, else `path total_frames label`.")
+@click.option("--fps", type=float, default=DEFAULT_FRAMES_FPS, show_default=True,
+              help="Frame rate of frame folders (the lists do not record it; SSv2's published "
+                   "frames are 12 fps).")
+@click.option("--frame-template", default=DEFAULT_FRAME_TEMPLATE, show_default=True,
+              help="File name of frame N in a frame folder, a Python format string.")
+@click.option("--first-frame", type=int, default=DEFAULT_FIRST_FRAME, show_default=True,
+              help="Index of a frame folder's first frame (a `path start total` line gives its "
+                   "own start).")
 @click.option("--codec", type=click.Choice(CODECS), default="copy", show_default=True,
               help="copy keeps streams the data engine decodes (others are skipped as "
                    "unsupported-codec); any other value re-encodes (closed GOP, no B-frames, "
@@ -67,11 +84,18 @@ def _shard_options(fn):
 @click.option("--max-seconds", type=float, default=None,
               help="Cut videos into clips of at most this many seconds (transcode only).")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any input is skipped.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+              metavar="[ADDRESS]",
+              help="Probe and transcode as Ray tasks on a running cluster: `auto` (the default "
+                   "when the flag has no value), `ray://host:port`, or `local` to start Ray "
+                   "here with --workers CPUs. Inputs and OUT must be on storage every node "
+                   "sees. Same bytes as a process-pool run. Needs pip install \"vmae2[ray]\".")
 @_shard_options
-def pack_command(src, out, root, labels, path_column, label_column, codec, short_side, gop,
-                 quality, frame_stride, max_seconds, strict, shard_size, prefix, workers, seed,
-                 no_progress):
-    """Pack SRC (a folder, a `path label` list file, or a CSV) into shards in OUT.
+def pack_command(src, out, root, labels, path_column, label_column, list_format, fps,
+                 frame_template, first_frame, codec, short_side, gop, quality, frame_stride,
+                 max_seconds, strict, ray_address, shard_size, prefix, workers, seed, no_progress):
+    """Pack SRC (a folder of videos, a list file of videos or frame folders, or a CSV) into
+    shards in OUT.
 
     Rerunning the same command after an interruption keeps finished shards and redoes the rest.
     """
@@ -79,8 +103,10 @@ def pack_command(src, out, root, labels, path_column, label_column, codec, short
         summary = pack(src, out, codec=codec, short_side=short_side, gop=gop, quality=quality,
                        frame_stride=frame_stride, max_seconds=max_seconds, seed=seed,
                        shard_size=shard_size, prefix=prefix, root=root, labels=labels,
-                       path_column=path_column, label_column=label_column, workers=workers,
-                       strict=strict, progress=not no_progress)
+                       path_column=path_column, label_column=label_column,
+                       list_format=list_format, fps=fps, frame_template=frame_template,
+                       first_frame=first_frame, workers=workers, ray=ray_address, strict=strict,
+                       progress=not no_progress)
     except (PackError, SourceError, TranscodeError) as err:
         _fail(err)
     click.echo(format_summary(summary))

@@ -3,15 +3,16 @@
 Stages, each resumable:
 
 1. Parse SRC, resolve labels, drop duplicates (same file twice) -- cheap, redone every run.
-2. Per-video stage in a process pool (`stage.process_entry`): probe, then copy or transcode.
-   Each finished entry is saved under OUT/.staging/items/, so a rerun skips it.
+2. Per-video stage in a process pool, or as Ray tasks with `ray=` (`stage.process_entry`):
+   probe, then copy or transcode; a frame folder is read and encoded. Each finished entry is
+   saved under OUT/.staging/items/, so a rerun skips it. Results come back to this process.
 3. Plan: samples sorted by key, shuffled with `random.Random(seed)`, cut into shards in that
    order whenever the next sample would push a shard past `shard_size` bytes. The plan is a pure
    function of (inputs, arguments, seed), known only after stage 2 because transcoded sizes are.
-4. Write shards (in the pool too). A shard is kept from an earlier run when its done-marker in
-   OUT/.staging/shards/ lists the same keys and the tar and index on disk hash to the recorded
-   digests; otherwise it is rewritten. Tars and indexes are deterministic (shard.py), so a
-   resumed run is byte-identical to an uninterrupted one.
+4. Write shards (in the process pool too; with Ray, in this process). A shard is kept from an
+   earlier run when its done-marker in OUT/.staging/shards/ lists the same keys and the tar
+   and index on disk hash to the recorded digests; otherwise it is rewritten. Tars and indexes
+   are deterministic (shard.py), so a resumed run is byte-identical to an uninterrupted one.
 5. skipped.jsonl, then manifest.json (the mark of a complete dataset), then OUT/.staging is
    removed. Running the same command on a complete OUT does nothing.
 
@@ -21,11 +22,16 @@ skipped with reason `unsupported-codec` and a detail naming the fix (`--codec vp
 silently transcoded: a copy run never re-encodes. Copied streams keep their GOP structure; the
 json records `keyframe_interval`. Only VP8/VP9/MJPEG decode on DALI's CPU backend.
 
+Frame folders (a listed path that is a folder) have no stream to copy: they need a codec, and
+are encoded at `fps` (default 30; SSv2's published frames are 12 fps) with the same settings as a
+transcode. Their json adds `source_frames` (frames read) and `first_frame` (index of the first).
+
 Arguments that change the output are recorded in OUT/.staging/args.json at the start and in the
 manifest; running with different ones on the same OUT is an error naming the differences.
 """
 
 import glob
+import importlib.util
 import json
 import os
 import random
@@ -38,9 +44,18 @@ from pathlib import Path
 from shard_tools import shard, stage
 from shard_tools.files import write_json_atomic
 from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
+from shard_tools.frames import DEFAULT_FIRST_FRAME, DEFAULT_FRAME_TEMPLATE, DEFAULT_FRAMES_FPS, check_template
 from shard_tools.manifest import build_manifest, write_manifest, write_skipped
-from shard_tools.pool import run_pool, worker_pool
-from shard_tools.sources import SourceError, make_key, parse_sources, read_label_map, resolve_labels
+from shard_tools.pool import RAY_MISSING, run_pool, worker_pool
+from shard_tools.sources import (
+    FOLDER_VIDEO_EXTS,
+    LIST_FORMATS,
+    SourceError,
+    make_key,
+    parse_sources,
+    read_label_map,
+    resolve_labels,
+)
 from shard_tools.transcode import ENCODERS, check_encoder
 
 DEFAULT_SHARD_SIZE = 1_000_000_000
@@ -52,19 +67,28 @@ class PackError(Exception):
 
 def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame_stride=1,
          max_seconds=None, seed=0, shard_size=DEFAULT_SHARD_SIZE, prefix="train", root=None,
-         labels=None, path_column="path", label_column="label", workers=1, strict=False,
-         progress=True, provenance=None):
+         labels=None, path_column="path", label_column="label", list_format="auto",
+         fps=DEFAULT_FRAMES_FPS, frame_template=DEFAULT_FRAME_TEMPLATE,
+         first_frame=DEFAULT_FIRST_FRAME, workers=1, ray=None, strict=False, progress=True,
+         provenance=None):
     """Pack SRC into OUT and return a summary dict (see `_summary`).
 
     labels: None (built from the inputs), a list of class names, or a label-map file path.
+    fps, frame_template, first_frame: how frame folders are read and timed.
+    ray: None (process pool of `workers`), or a Ray address ("auto", "ray://host:port", or
+    "local" to start one with `workers` CPUs) to run the per-video stage as Ray tasks.
     provenance: extra facts recorded with the arguments (e.g. synth's parameters); a rerun
-    must give the same. workers, strict and progress do not change the output.
+    must give the same. workers, ray, strict and progress do not change the output.
     """
     start = time.perf_counter()
     args = _check_args(src=str(src), root=root, labels=labels, path_column=path_column,
-                       label_column=label_column, codec=codec, short_side=short_side, gop=gop,
-                       quality=quality, frame_stride=frame_stride, max_seconds=max_seconds,
-                       seed=seed, shard_size=shard_size, prefix=prefix, provenance=provenance)
+                       label_column=label_column, list_format=list_format, codec=codec,
+                       short_side=short_side, gop=gop, quality=quality, frame_stride=frame_stride,
+                       max_seconds=max_seconds, fps=fps, frame_template=frame_template,
+                       first_frame=first_frame, seed=seed, shard_size=shard_size, prefix=prefix,
+                       provenance=provenance)
+    if ray is not None and importlib.util.find_spec("ray") is None:
+        raise PackError(f"--ray {ray}: {RAY_MISSING}")
     out = Path(out)
     done = _prepare_out(out, args)
     if done is not None:
@@ -75,10 +99,10 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
     for sub in ("items", "data", "shards"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
 
-    with worker_pool(workers) as pool:
-        entries, skips, labels = _entries(args)
+    entries, skips, labels = _entries(args)
+    with worker_pool(workers, ray) as pool:
         options = {k: args[k] for k in ("codec", "short_side", "gop", "quality", "frame_stride",
-                                        "max_seconds")}
+                                        "max_seconds", "fps", "frame_template", "first_frame")}
         outcomes = run_pool(stage.process_entry, [(e, options, str(staging)) for e in entries],
                              pool, progress, "probe/transcode", unit="video",
                              bytes_of=lambda o: o.get("source_bytes", 0))
@@ -102,8 +126,11 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
         todo = [i for i, name in enumerate(names)
                 if not _shard_is_done(out, staging, name, plan[i])]
         _remove_temporaries(out, prefix, keep=set(names))
+        # On Ray the one process that plans also writes every shard (reading the staged streams
+        # from shared storage); on this machine the process pool writes them in parallel.
         run_pool(_write_planned_shard, [(str(out), str(staging), names[i], plan[i]) for i in todo],
-                 pool, progress, "write shards", unit="shard", bytes_of=lambda r: r["bytes"])
+                 None if ray is not None else pool, progress, "write shards", unit="shard",
+                 bytes_of=lambda r: r["bytes"])
     shards = []
     for name, shard_samples in zip(names, plan, strict=True):
         marker = json.loads((staging / "shards" / f"{name}.json").read_text(encoding="utf-8"))
@@ -125,9 +152,18 @@ def _check_args(**args):
     elif args["frame_stride"] != 1 or args["max_seconds"]:
         raise PackError("--frame-stride and --max-seconds re-encode the video; --codec copy keeps "
                         f"the stream as is. Add --codec vp9 (or one of {', '.join(ENCODERS)})")
-    for name, low in (("gop", 1), ("frame_stride", 1), ("shard_size", 1)):
+    for name, low in (("gop", 1), ("frame_stride", 1), ("shard_size", 1), ("first_frame", 0)):
         if args[name] < low:
             raise PackError(f"--{name.replace('_', '-')} must be at least {low}, got {args[name]}")
+    if not args["fps"] > 0:
+        raise PackError(f"--fps must be positive, got {args['fps']}")
+    if args["list_format"] not in ("auto", *LIST_FORMATS):
+        raise PackError(f"--list-format {args['list_format']!r} is not one of auto, "
+                        f"{', '.join(LIST_FORMATS)}")
+    try:
+        check_template(args["frame_template"])
+    except ValueError as err:
+        raise PackError(str(err)) from err
     if args["max_seconds"] is not None and args["max_seconds"] <= 0:
         raise PackError(f"--max-seconds must be positive, got {args['max_seconds']}")
     if args["short_side"] is not None and args["short_side"] < 2:
@@ -138,7 +174,10 @@ def _check_args(**args):
     if isinstance(labels, (str, os.PathLike)):
         if not Path(labels).is_file():
             raise PackError(f"--labels {labels}: no such file (one class name per line)")
-        args["labels_resolved"] = read_label_map(labels)
+        try:
+            args["labels_resolved"] = read_label_map(labels)
+        except SourceError as err:
+            raise PackError(str(err)) from err
         args["labels"] = str(labels)
     else:
         args["labels_resolved"] = list(labels) if labels is not None else None
@@ -176,21 +215,24 @@ def _prepare_out(out, args):
 
 
 def _entries(args):
-    """Entries to process (dicts), the skips found before probing (labels, duplicates), and
-    the label map."""
+    """Entries to process (dicts), the skips found before probing (duplicates), and the label
+    map. A label the given map lacks is an error: packed label indices must match the heads
+    trained with that map."""
     try:
         entries = parse_sources(args["src"], args["root"], args["path_column"],
-                                args["label_column"])
+                                args["label_column"], args["list_format"])
     except SourceError as err:
         raise PackError(str(err)) from err
-    labels, rejected = resolve_labels(entries, args["labels_resolved"])
-    skips = [{"source": e.source, "reason": "label-not-in-map", "detail": detail}
-             for e, detail in rejected]
-    rejected_ids = {id(e) for e, _ in rejected}
-    first_by_path, first_by_key, kept = {}, {}, []
+    labels, unknown = resolve_labels(entries, args["labels_resolved"])
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise PackError(f"{len(unknown)} labels in {args['src']} are not in the label map "
+                        f"{args['labels']} ({len(labels)} classes): {shown}; add them to the map "
+                        f"(integers must be below {len(labels)}), fix the list, or drop --labels "
+                        f"to build the map from the data")
+    skips, first_by_path, first_by_key, kept = [], {}, {}, []
+    frame_folders = []
     for entry in entries:
-        if id(entry) in rejected_ids:
-            continue
         real, key = os.path.realpath(entry.path), make_key(entry.source)
         first = first_by_path.get(real) or first_by_key.get(key)
         if first is not None:
@@ -198,9 +240,24 @@ def _entries(args):
                           "detail": f"{entry.path} is the same input as {first!r}, packed once"})
             continue
         first_by_path[real], first_by_key[key] = entry.source, entry.source
-        kept.append({"source": entry.source, "path": entry.path, "key": key,
-                     "label": entry.label, "label_name": entry.label_name})
+        item = {"source": entry.source, "path": entry.path, "key": key, "label": entry.label,
+                "label_name": entry.label_name}
+        if is_frame_folder(entry.path):
+            item |= {"frames": True, "start": entry.start, "total": entry.total}
+            frame_folders.append(entry.source)
+        kept.append(item)
+    if frame_folders and args["codec"] == "copy":
+        raise PackError(f"{args['src']} lists {len(frame_folders)} frame folders (e.g. "
+                        f"{frame_folders[0]!r}) and --codec copy stores videos as they are; "
+                        f"frames must be encoded: add --codec vp9 (decodes on CPU and GPU) or "
+                        f"--codec h264 (GPU only), and --fps for their frame rate")
     return kept, skips, labels
+
+
+def is_frame_folder(path):
+    """A folder is a frame folder unless its name has a video extension (then it is a bad video
+    path, skipped as unreadable)."""
+    return os.path.isdir(path) and Path(path).suffix.lower() not in FOLDER_VIDEO_EXTS
 
 
 def plan_shards(samples, seed, shard_size):

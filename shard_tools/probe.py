@@ -15,7 +15,7 @@ import av
 from shard_tools.format import CONTAINER_EXTS
 
 SKIP_REASONS = ("missing", "zero-byte", "unreadable", "truncated", "non-video", "audio-only",
-                "unsupported-codec", "duplicate", "label-not-in-map")
+                "unsupported-codec", "duplicate", "missing-frames", "unreadable-frames")
 
 # Demuxers FFmpeg guesses for plain text or images; such inputs are not videos.
 NON_VIDEO_FORMATS = {"tty", "image2", "png_pipe", "jpeg_pipe", "txt", "ass", "srt", "webvtt",

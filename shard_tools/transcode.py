@@ -1,4 +1,5 @@
-"""Encode frames into one stored stream the data engine decodes fast and exactly.
+"""Encode frames (of a video, or of a frame folder) into one stored stream the engine decodes
+fast and exactly.
 
 Every encoder runs single-threaded with fixed settings and FFmpeg's bitexact flags, so the same
 input gives the same bytes on every run (needed for byte-identical resumes). Streams are 8-bit
@@ -13,6 +14,7 @@ from fractions import Fraction
 
 import av
 
+from shard_tools.frames import read_frame
 from shard_tools.probe import SkipInput, open_video, stream_fps
 
 
@@ -124,39 +126,74 @@ class Clip:
     clip_start: float  # seconds into the source
 
 
+def encode_clips(frames, fps, size, codec, gop=16, frame_stride=1, max_seconds=None,
+                 quality=None):
+    """Encode an iterable of frames (VideoFrames or RGB arrays) at `fps` into `size` (width,
+    height) as one clip, or one per `max_seconds` window; returns (clips, frames read)."""
+    width, height = size
+    clip_len = max(1, round(max_seconds * fps)) if max_seconds else None
+    clips, writer, clip_index, frame_index = [], None, -1, 0
+    for frame in frames:
+        index_in_clip = frame_index % clip_len if clip_len else frame_index
+        if index_in_clip == 0:
+            if writer is not None:
+                clips.append(Clip(writer.close(), writer.encoder.ext,
+                                  float(clip_index * clip_len / fps)))
+            clip_index += 1
+            writer = StreamWriter(codec, fps / frame_stride, width, height, gop, quality)
+        if index_in_clip % frame_stride == 0:
+            writer.write(frame)
+        frame_index += 1
+    if writer is None:
+        return [], 0
+    tail_len = frame_index - clip_index * clip_len if clip_len else frame_index
+    if not clips or not clip_len or tail_len * 2 >= clip_len:
+        clips.append(Clip(writer.close(), writer.encoder.ext,
+                          float(clip_index * clip_len / fps) if clip_len else 0.0))
+    else:
+        writer.close()
+    return clips, frame_index
+
+
 def transcode(path, codec, short_side=None, gop=16, frame_stride=1, max_seconds=None,
               quality=None):
     """Decode `path` and re-encode it as one clip, or one clip per `max_seconds` window."""
     container, stream = open_video(path)
     try:
-        fps = stream_fps(stream)
-        width, height = target_size(stream.codec_context.width, stream.codec_context.height,
-                                    short_side)
-        clip_len = max(1, round(max_seconds * fps)) if max_seconds else None
-        clips, writer, clip_index, frame_index = [], None, -1, 0
-        try:
-            for frame in container.decode(stream):
-                index_in_clip = frame_index % clip_len if clip_len else frame_index
-                if index_in_clip == 0:
-                    if writer is not None:
-                        clips.append(Clip(writer.close(), writer.encoder.ext,
-                                          float(clip_index * clip_len / fps)))
-                    clip_index += 1
-                    writer = StreamWriter(codec, fps / frame_stride, width, height, gop, quality)
-                if index_in_clip % frame_stride == 0:
-                    writer.write(frame)
-                frame_index += 1
-        except av.error.FFmpegError as err:
-            raise SkipInput("truncated", f"{path}: decoding failed at frame {frame_index} "
-                                         f"({err})") from err
-        if writer is None:
+        size = target_size(stream.codec_context.width, stream.codec_context.height, short_side)
+        decoded = 0
+
+        def frames():
+            nonlocal decoded
+            try:
+                for frame in container.decode(stream):
+                    yield frame
+                    decoded += 1
+            except av.error.FFmpegError as err:
+                raise SkipInput("truncated", f"{path}: decoding failed at frame {decoded} "
+                                             f"({err})") from err
+
+        clips, _ = encode_clips(frames(), stream_fps(stream), size, codec, gop, frame_stride,
+                                max_seconds, quality)
+        if not clips:
             raise SkipInput("truncated", f"{path}: no decodable frame")
-        tail_len = frame_index - clip_index * clip_len if clip_len else frame_index
-        if not clips or not clip_len or tail_len * 2 >= clip_len:
-            clips.append(Clip(writer.close(), writer.encoder.ext,
-                              float(clip_index * clip_len / fps) if clip_len else 0.0))
-        else:
-            writer.close()
         return clips
     finally:
         container.close()
+
+
+def transcode_frames(paths, fps, codec, short_side=None, gop=16, frame_stride=1,
+                     max_seconds=None, quality=None):
+    """Encode the frame files `paths` (in order) as one stream at `fps`, cut like `transcode`."""
+    first = read_frame(paths[0])
+    source_size = (first.shape[1], first.shape[0])
+
+    def frames():
+        yield first
+        for path in paths[1:]:
+            yield read_frame(path, source_size)
+
+    clips, _ = encode_clips(frames(), Fraction(fps).limit_denominator(1001 * 1000),
+                            target_size(*source_size, short_side), codec, gop, frame_stride,
+                            max_seconds, quality)
+    return clips
