@@ -7,7 +7,8 @@ import click
 
 from shard_tools.format import FormatError
 from shard_tools.frames import DEFAULT_FIRST_FRAME, DEFAULT_FRAME_TEMPLATE, DEFAULT_FRAMES_FPS
-from shard_tools.info import format_info, info
+from shard_tools.info import format_info, format_mixture_info, info, mixture_info
+from shard_tools.mixture import MixtureError, is_mixture_file
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, format_summary, pack
 from shard_tools.sources import LIST_FORMATS, SourceError
 from shard_tools.synth import make_synthetic
@@ -129,12 +130,19 @@ def verify_command(out, full):
 @click.argument("out")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_command(out, as_json):
-    """Counts, duration and resolution histograms, codec mix and labels of OUT."""
+    """Counts, duration and resolution histograms, codec mix and labels of OUT; for a mixture
+    file (JSON or YAML list of {path, weight, stride}), each dataset's samples, normalised
+    weight and stride."""
     try:
-        summary = info(out)
-    except FormatError as err:
+        if is_mixture_file(out):
+            summary = mixture_info(out)
+            text = format_mixture_info(summary)
+        else:
+            summary = info(out)
+            text = format_info(summary)
+    except (FormatError, MixtureError, ValueError) as err:
         _fail(err)
-    click.echo(json.dumps(summary, indent=1) if as_json else format_info(summary))
+    click.echo(json.dumps(summary, indent=1) if as_json else text)
 
 
 @main.command("synth")

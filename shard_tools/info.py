@@ -1,11 +1,13 @@
 """`info(out)`: what a packed dataset holds -- counts, duration and resolution histograms,
 codec mix, fps, key-frame intervals and samples per label -- read from the json members via the
-indexes (video bytes are not read)."""
+indexes (video bytes are not read). `mixture_info(path)`: the datasets of a mixture file with
+their sample counts, normalised weights and strides (read from the manifests)."""
 
 from collections import Counter
 from pathlib import Path
 
-from shard_tools.format import read_manifest
+from shard_tools.format import read_manifest, stored_stride
+from shard_tools.mixture import read_mixture
 from shard_tools.samples import iter_samples
 
 DURATION_BINS_S = (1, 2, 5, 10, 30, 60, 300)
@@ -66,4 +68,41 @@ def format_info(summary):
         lines.append(f"{title}:")
         width = max((len(str(k)) for k in summary[key]), default=0)
         lines.extend(f"  {str(k):<{width}}  {v}" for k, v in summary[key].items())
+    return "\n".join(lines)
+
+
+def mixture_info(path):
+    """Per-dataset counts, shares and strides of the mixture file at `path`."""
+    sources = []
+    for source in read_mixture(path):
+        manifest = read_manifest(source["path"])
+        stride = source["stride"]
+        sources.append({
+            "path": source["path"], "num_samples": manifest["num_samples"],
+            "num_shards": len(manifest["shards"]), "total_bytes": manifest["total_bytes"],
+            "num_labels": len(manifest["labels"]), "weight": source["weight"],
+            "share": source["share"], "stride": stride, "frame_stride": manifest["frame_stride"],
+            # Stride in the stored stream; an error (naming the fix) if the dataset was thinned
+            # with a frame_stride that does not divide the training stride.
+            "stored_stride": (stored_stride(stride, manifest["frame_stride"])
+                              if stride is not None else None),
+        })
+    return {"mixture": str(path), "num_samples": sum(s["num_samples"] for s in sources),
+            "sources": sources}
+
+
+def format_mixture_info(summary):
+    """Human-readable table of a `mixture_info` dict."""
+    rows = [("dataset", "samples", "shards", "GB", "weight", "share", "stride", "stored stride")]
+    for s in summary["sources"]:
+        rows.append((s["path"], str(s["num_samples"]), str(s["num_shards"]),
+                     f"{s['total_bytes'] / 1e9:.3f}", f"{s['weight']:g}", f"{s['share']:.3f}",
+                     "run default" if s["stride"] is None else str(s["stride"]),
+                     "-" if s["stored_stride"] is None else str(s["stored_stride"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"{len(summary['sources'])} datasets, {summary['num_samples']} samples in all "
+             f"({summary['mixture']})"]
+    lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+              for row in rows]
     return "\n".join(lines)
