@@ -27,32 +27,50 @@ def test_vit_b_classifier_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 86_534_800
 
 
-def published_pretrain_keys(depth, decoder_depth):
-    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.q_bias", "attn.v_bias",
-             "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
-             "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
-    keys = {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias",
-            "encoder.norm.weight", "encoder.norm.bias", "encoder_to_decoder.weight", "mask_token",
-            "decoder.norm.weight", "decoder.norm.bias", "decoder.head.weight", "decoder.head.bias"}
-    keys |= {f"encoder.blocks.{i}.{k}" for i in range(depth) for k in block}
-    keys |= {f"decoder.blocks.{j}.{k}" for j in range(decoder_depth) for k in block}
-    return keys, block
+# Spec §2, written out: patch, depth, width D, MLP hidden, decoder depth, width Dd, decoder MLP hidden.
+SPEC_SIZES = {"vit_s": (16, 12, 384, 1536, 4, 192, 768), "vit_b": (16, 12, 768, 3072, 4, 384, 1536),
+              "vit_l": (16, 24, 1024, 4096, 4, 512, 2048), "vit_h": (16, 32, 1280, 5120, 4, 512, 2048),
+              "vit_g": (14, 40, 1408, 6144, 4, 512, 2234)}
 
 
-def test_state_dict_keys_are_the_published_layout():
+def block_shapes(prefix: str, dim: int, hidden: int) -> dict:
+    """Spec §6: one transformer block's keys and shapes."""
+    shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,), "attn.qkv.weight": (3 * dim, dim),
+              "attn.q_bias": (dim,), "attn.v_bias": (dim,), "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
+              "norm2.weight": (dim,), "norm2.bias": (dim,), "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
+              "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,)}
+    return {f"{prefix}{k}": v for k, v in shapes.items()}
+
+
+def published_shapes(preset: str, num_classes: int | None = None) -> dict:
+    """The full published state dict (key -> shape) of a pre-training model, or of a classifier."""
+    p, depth, dim, hidden, dec_depth, dec_dim, dec_hidden = SPEC_SIZES[preset]
+    if num_classes is not None:
+        shapes = {"patch_embed.proj.weight": (dim, 3, 2, p, p), "patch_embed.proj.bias": (dim,),
+                  "fc_norm.weight": (dim,), "fc_norm.bias": (dim,), "head.weight": (num_classes, dim),
+                  "head.bias": (num_classes,)}
+        for i in range(depth):
+            shapes |= block_shapes(f"blocks.{i}.", dim, hidden)
+        return shapes
+    shapes = {"encoder.patch_embed.proj.weight": (dim, 3, 2, p, p), "encoder.patch_embed.proj.bias": (dim,),
+              "encoder.norm.weight": (dim,), "encoder.norm.bias": (dim,), "encoder_to_decoder.weight": (dec_dim, dim),
+              "mask_token": (1, 1, dec_dim), "decoder.norm.weight": (dec_dim,), "decoder.norm.bias": (dec_dim,),
+              "decoder.head.weight": (2 * p * p * 3, dec_dim), "decoder.head.bias": (2 * p * p * 3,)}
+    for i in range(depth):
+        shapes |= block_shapes(f"encoder.blocks.{i}.", dim, hidden)
+    for j in range(dec_depth):
+        shapes |= block_shapes(f"decoder.blocks.{j}.", dec_dim, dec_hidden)
+    return shapes
+
+
+@pytest.mark.parametrize("preset", sorted(SPEC_SIZES))
+def test_state_dicts_are_the_published_layout(preset):
+    """Every key and every shape of both models of every preset, against the spec's table (§2, §6)."""
     with torch.device("meta"):
-        model = vmae2.build_pretrain_model("vit_b")
-        classifier = vmae2.build_classifier("vit_b", 710)
-    keys, block = published_pretrain_keys(12, 4)
-    assert set(model.state_dict()) == keys
-    sd = model.state_dict()
-    assert sd["encoder.patch_embed.proj.weight"].shape == (768, 3, 2, 16, 16)
-    assert sd["encoder.blocks.0.attn.qkv.weight"].shape == (3 * 768, 768)
-    assert sd["mask_token"].shape == (1, 1, 384)
-    assert sd["decoder.head.weight"].shape == (1536, 384)
-    cls_keys = {"patch_embed.proj.weight", "patch_embed.proj.bias", "fc_norm.weight", "fc_norm.bias",
-                "head.weight", "head.bias"} | {f"blocks.{i}.{k}" for i in range(12) for k in block}
-    assert set(classifier.state_dict()) == cls_keys
+        model = vmae2.build_pretrain_model(preset)
+        classifier = vmae2.build_classifier(preset, 710)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == published_shapes(preset)
+    assert {k: tuple(v.shape) for k, v in classifier.state_dict().items()} == published_shapes(preset, 710)
 
 
 def test_vit_g_head_width():
@@ -80,7 +98,8 @@ def test_attention_matches_explicit_formula():
     q = x @ attn.qkv.weight[:32].T + attn.q_bias
     k = x @ attn.qkv.weight[32:64].T                       # no k bias
     v = x @ attn.qkv.weight[64:].T + attn.v_bias
-    heads = lambda t: t.reshape(2, 10, 4, 8).transpose(1, 2)
+    def heads(t):
+        return t.reshape(2, 10, 4, 8).transpose(1, 2)
     w = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) * 8 ** -0.5, dim=-1)
     ref = (w @ heads(v)).transpose(1, 2).reshape(2, 10, 32) @ attn.proj.weight.T + attn.proj.bias
     assert torch.allclose(attn(x), ref, atol=1e-10)
@@ -90,7 +109,8 @@ def tiny_batch(batch=2, seed=0, ratio=0.5):
     model = vmae2.build_pretrain_model("tiny", decoder_mask_ratio=ratio)
     g = torch.Generator().manual_seed(seed)
     video = torch.randint(0, 256, (batch, 16, 112, 112, 3), dtype=torch.uint8, generator=g)
-    masks = {k: torch.from_numpy(v) for k, v in dual_masks(np.random.default_rng(seed), batch, model.cfg.grid, 0.9, ratio).items()}
+    masks = dual_masks(np.random.default_rng(seed), batch, model.cfg.grid, 0.9, ratio)
+    masks = {k: torch.from_numpy(v) for k, v in masks.items()}
     return model, video, masks
 
 
@@ -125,14 +145,20 @@ def test_loss_matches_float64_reference(ratio):
 
 
 def test_pred_follows_query_order():
-    """Decoding the same sample with one mask and its reversed-batch twin gives consistent rows."""
+    """Row i of pred is the reconstruction of token query_idx[i]: permuting the queries permutes the rows."""
     model, video, masks = tiny_batch(batch=2)
     model.eval()
+    perm = torch.randperm(masks["query_idx"].shape[1], generator=torch.Generator().manual_seed(1))
+    # loss_idx indexes into query_idx, so it follows the permutation too (its loss is then unchanged).
+    inverse = torch.argsort(perm)
+    permuted = {"visible_idx": masks["visible_idx"], "query_idx": masks["query_idx"][:, perm],
+                "loss_idx": inverse[masks["loss_idx"]]}
     with torch.no_grad():
-        _, pred = model(video, masks)
-        swapped = {k: v.flip(0) for k, v in masks.items()}
-        _, pred_swapped = model(video.flip(0), swapped)
-    assert torch.allclose(pred, pred_swapped.flip(0), atol=1e-5)
+        loss, pred = model(video, masks)
+        loss_p, pred_p = model(video, permuted)
+    assert torch.allclose(pred_p, pred[:, perm], atol=1e-5)
+    assert loss_p.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert not torch.allclose(pred_p, pred, atol=1e-3)          # the rows did move
 
 
 def test_backward_reaches_every_parameter():
