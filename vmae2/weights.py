@@ -250,7 +250,9 @@ class Weights:
 
     def describe(self) -> str:
         keys = sorted(self.state)
-        sample = keys[:2] + [k for k in keys if ".blocks.0." in k or k.startswith("blocks.0.")][:1] + keys[-1:]
+        telling = [k for k in keys if k.endswith(("patch_embed.proj.weight", "blocks.0.attn.qkv.weight",
+                                                  "encoder_to_decoder.weight", "head.weight"))]
+        sample = telling or keys[:3]
         shapes = ", ".join(f"{k} {tuple(self.state[k].shape)}" for k in dict.fromkeys(sample))
         return f"found {self.kind}: {len(keys)} tensors, e.g. {shapes}"
 
@@ -526,7 +528,7 @@ def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], name: s
     short = f"width {arch.get('embed_dim')}, depth {arch.get('depth')}, patch {arch.get('patch_size')}"
     if preset is None:
         fix = (f"no preset has {short}; build the model with "
-               + " ".join(f"--set model.{k}={v}" for k, v in arch.items()) + " and the matching model.num_heads")
+               + " ".join(f"--set model.{k}={v}" for k, v in differ.items()) + " and the matching model.num_heads")
     else:
         from .config import PRESETS
 
@@ -552,6 +554,10 @@ def load_weights(model: nn.Module, source, *, head_rows=None) -> LoadReport:
             if _layout(weights.state) != "pre-training":
                 raise ValueError(f"{weights.name}: classifier weights (no decoder) cannot initialise a pre-training "
                                  f"model; load them into a VideoClassifier (finetune --init)")
+            if weights.kind.startswith("transformers") and "encoder.norm.weight" not in weights.state:
+                raise ValueError(f"{weights.name}: the transformers model was built with use_mean_pooling=True, so "
+                                 f"its encoder has no final LayerNorm before encoder_to_decoder, which vmae2's "
+                                 f"pre-training model has; load its encoder into a classifier (finetune --init)")
             if head_rows is not None:
                 raise ValueError(f"{weights.name}: head_rows applies to a classifier, not a pre-training model")
             report = load_pretrain(model, weights.state, name=weights.name)
