@@ -206,10 +206,17 @@ def _three_field_entry(list_path, number, line, fields, list_format, root):
 
 
 def _parse_table(csv_path, lines, delimiter, root, path_column, label_column):
-    reader = csv.DictReader([line for _, line in lines], delimiter=delimiter)
-    has_label = label_column in (reader.fieldnames or [])
+    """Rows of a headered list; a space-separated one splits from the right (paths may hold
+    spaces when the path column comes first)."""
+    header = split_fields(lines[0][1], delimiter, len(lines[0][1].split()))
+    has_label = label_column in header
     entries = []
-    for (number, line), row in zip(lines[1:], reader, strict=True):
+    for number, line in lines[1:]:
+        fields = split_fields(line, delimiter, len(header))
+        if len(fields) != len(header):
+            raise _bad_line(csv_path, number, line, f"has {len(fields)} fields but the header "
+                                                    f"{header} names {len(header)}")
+        row = dict(zip(header, fields, strict=True))
         path = (row.get(path_column) or "").strip()
         if not path:
             raise _bad_line(csv_path, number, line, f"has an empty {path_column!r} column")
