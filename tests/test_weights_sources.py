@@ -228,3 +228,26 @@ print(json.dumps({"kind": w.kind, "config": w.config, "qkv": list(w.state["encod
 def test_bad_hub_uri():
     with pytest.raises(ValueError, match=r"hf://OpenGVLab: expected hf://OWNER/REPO"):
         read_weights("hf://OpenGVLab")
+
+
+def test_head_count_checked_against_the_saved_config(tmp_path):
+    source = tiny_pretrain(0)
+    torch.save({"model": source.state_dict(), "config": {"model": dict(TINY_MODEL, num_heads=6)}}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"config has num_heads 6, the model num_heads 3; build the model with "
+                                         r"--set model.num_heads=6"):
+        load_weights(tiny_pretrain(1), tmp_path / "w.pt")
+
+
+def test_export_command(tmp_path):
+    from click.testing import CliRunner
+
+    from vmae2.cli import main
+
+    torch.save({"model": tiny_pretrain(0).state_dict()}, tmp_path / "w.pth")
+    result = CliRunner().invoke(main, ["export", "--weights", str(tmp_path / "w.pth"),
+                                       "--out", str(tmp_path / "w.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["format"] == "safetensors"
+    assert_same(read_weights(tmp_path / "w.safetensors")[0], read_weights(tmp_path / "w.pth")[0])
+    result = CliRunner().invoke(main, ["export", "--weights", str(tmp_path / "none.pth"), "--out", "x.pt"])
+    assert result.exit_code == 1 and "none.pth does not exist" in result.output

@@ -513,14 +513,24 @@ def matching_preset(arch: dict[str, int]) -> str | None:
     return None
 
 
-def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    """Refuse weights of another model size, naming the preset they fit."""
+def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], name: str, config: dict | None = None) -> None:
+    """Refuse weights of another model size, naming the preset they fit.
+
+    Head counts leave no trace in the shapes; they are checked against the config found with the weights.
+    """
     cfg = model.cfg
     arch = architecture(state)
     if not hasattr(model, "decoder"):
         arch = {k: v for k, v in arch.items() if not k.startswith("decoder_")}
     differ = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
     if not differ:
+        saved = (config or {}).get("model", {})
+        heads = [k for k in ("num_heads", "decoder_num_heads") if k in saved and getattr(cfg, k) != saved[k]
+                 and (k == "num_heads" or hasattr(model, "decoder"))]
+        if heads:
+            raise ValueError(f"{name}: the weights' config has " + ", ".join(f"{k} {saved[k]}" for k in heads)
+                             + ", the model " + ", ".join(f"{k} {getattr(cfg, k)}" for k in heads)
+                             + "; build the model with " + " ".join(f"--set model.{k}={saved[k]}" for k in heads))
         return
     found = ", ".join(f"{k} {v}" for k, v in arch.items())
     ours = ", ".join(f"{k} {getattr(cfg, k)}" for k in arch)
@@ -549,7 +559,7 @@ def load_weights(model: nn.Module, source, *, head_rows=None) -> LoadReport:
 
     weights = read_source(source)
     try:
-        check_architecture(model, weights.state, weights.name)
+        check_architecture(model, weights.state, weights.name, weights.config)
         if isinstance(model, VideoMAEv2):
             if _layout(weights.state) != "pre-training":
                 raise ValueError(f"{weights.name}: classifier weights (no decoder) cannot initialise a pre-training "
