@@ -157,6 +157,7 @@ def _check_args(**args):
             raise PackError(f"--{name.replace('_', '-')} must be at least {low}, got {args[name]}")
     if not args["fps"] > 0:
         raise PackError(f"--fps must be positive, got {args['fps']}")
+    args["fps"] = float(args["fps"])  # 12 and 12.0 are one run, in the manifest and on resume
     if args["list_format"] not in ("auto", *LIST_FORMATS):
         raise PackError(f"--list-format {args['list_format']!r} is not one of auto, "
                         f"{', '.join(LIST_FORMATS)}")
