@@ -19,7 +19,7 @@ import pytest
 SETS = ["model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=48",
         "model.num_heads=2", "model.mlp_hidden_dim=96", "model.decoder_depth=1",
         "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "batch_videos_per_gpu=2",
-        "num_sample=2", "frame_stride=2", "device=cpu", "log_every=2", "save_every=3", "warmup_steps=1",
+        "num_sample=2", "frame_stride=2", "device=cpu", "log_every=2", "save_every=3", "warmup_fraction=0.2",
         "progress=false", "tensorboard=false", "log_keys=true", "loader_threads=1"]
 
 
@@ -33,7 +33,7 @@ def worker(data: str, out: str) -> None:
 
 def fsdp_nan_worker(out: str) -> None:
     """FSDP2 with a NaN batch on rank 0 only: both ranks must skip that same step on the device."""
-    from test_train_loop import FakeLoader, small_config
+    from conftest import FakeLoader, small_config
 
     from vmae2.train import train
 

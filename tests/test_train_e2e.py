@@ -57,7 +57,7 @@ def invoke(args):
 def test_cli_pretrain_then_visualize_then_finetune(tmp_path, shards, val_shards):
     run = tmp_path / "run"
     result = invoke(["pretrain", "--preset", "tiny", "--data", shards, "--out", run, "--steps", 4,
-                     *set_args("save_every=2", "warmup_steps=1")])
+                     *set_args("save_every=2", "warmup_fraction=0.25")])
     assert result.exit_code == 0, result.output
     assert [r["step"] for r in rows(run)] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["data"] == str(shards)
@@ -74,7 +74,7 @@ def test_cli_pretrain_then_visualize_then_finetune(tmp_path, shards, val_shards)
 
     result = invoke(["finetune", "--preset", "tiny", "--data", shards, "--val-data", val_shards,
                      "--out", tmp_path / "ft", "--init", run, "--steps", 2, "--set", "batch_clips=4",
-                     "--set", "warmup_steps=1", "--set", "progress=false", "--set", "frame_stride=2",
+                     "--set", "warmup_fraction=0.25", "--set", "progress=false", "--set", "frame_stride=2",
                      "--set", "device=cpu"])
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "ft" / "result.json").read_text())
@@ -83,8 +83,8 @@ def test_cli_pretrain_then_visualize_then_finetune(tmp_path, shards, val_shards)
 
 def test_cli_errors_are_clear(tmp_path, shards):
     result = invoke(["pretrain", "--preset", "tiny", "--data", shards, "--out", tmp_path / "r",
-                     "--set", "warmup_step=3"])
-    assert result.exit_code == 1 and "Error: unknown config key 'warmup_step'; did you mean 'warmup_steps'" in result.output
+                     "--set", "warmup_fraction_=0.1"])
+    assert result.exit_code == 1 and "Error: unknown config key 'warmup_fraction_'; did you mean 'warmup_fraction'" in result.output
     assert "Traceback" not in result.output
     result = invoke(["pretrain", "--preset", "tiny", "--data", tmp_path / "missing", "--out", tmp_path / "r"])
     assert result.exit_code == 1 and "vmae2-shard" in result.output
@@ -99,7 +99,7 @@ def test_sigkill_then_same_command_reproduces_the_straight_run(tmp_path, shards)
     """Kill -9 a real run between checkpoints; the same command again gives the straight run's losses."""
     def command(out):
         return [sys.executable, "-m", "vmae2.cli", "pretrain", "--preset", "tiny", "--data", str(shards),
-                "--out", str(out), "--steps", "24", *set_args("save_every=4", "warmup_steps=2",
+                "--out", str(out), "--steps", "24", *set_args("save_every=4", "warmup_fraction=0.1",
                                                                "tensorboard=false")]
 
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -71,6 +71,13 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 # ---- per-rank state: RNGs and the loader, as JSON inside a uint8 tensor ------------------------------
 
+def seed_rngs(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and Python's global RNGs: everything a step may draw from."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def rng_state(device: torch.device) -> dict:
     """This process's torch, CUDA, numpy and Python RNG states (timm's Mixup draws from numpy's)."""
     version, internal, gauss = random.getstate()

@@ -162,7 +162,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
         if env.is_main:
             print(f"resumed from {latest} at step {step}")
     else:
-        torch.manual_seed(cfg.seed + 1 + env.rank)
+        checkpoint.seed_rngs(cfg.seed + 1 + env.rank)
     if env.is_main:
         save_config(cfg, run_dir / "config.json")
         truncate_metrics(run_dir / "metrics.jsonl", step)
