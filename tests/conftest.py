@@ -100,5 +100,27 @@ def fake_loader(cfg, rank=0, world_size=1, **kw):
                       decoder_mask_ratio=m.decoder_mask_ratio, **kw)
 
 
+class Interrupting:
+    """A loader that raises KeyboardInterrupt when asked for batch number `after_batches`."""
+
+    def __init__(self, loader, after_batches):
+        self.loader, self.after = loader, after_batches
+
+    def __len__(self):
+        return len(self.loader)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.loader.served > self.after:
+                raise KeyboardInterrupt
+            yield batch
+
+
 def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

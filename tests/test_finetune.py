@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_MODEL, FakeLoader, fake_loader, read_metrics, small_config
+from conftest import SMALL_MODEL, Interrupting, fake_loader, read_metrics, small_config
 
 from vmae2.config import finetune_config
 from vmae2.tasks import Classification, mix_clips
@@ -55,7 +55,7 @@ def test_finetune_resume_reproduces_the_straight_run(tmp_path):
 
     cfg2 = small_finetune_config(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg2, loader=_Interrupting(fake_loader(cfg2), after_batches=6), task=Classification(cfg2, num_classes=4))
+        train(cfg2, loader=Interrupting(fake_loader(cfg2), after_batches=6), task=Classification(cfg2, num_classes=4))
     train(cfg2, loader=fake_loader(cfg2), task=Classification(cfg2, num_classes=4))
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight] and len(straight) == 8
@@ -86,23 +86,3 @@ def test_ema_of_the_weights_is_exported(tmp_path):
     plain = final_weights(tmp_path / "plain")
     assert ema.keys() == plain.keys()
     assert any(not torch.allclose(ema[k], plain[k]) for k in ema)                 # the average, not the last step
-
-
-class _Interrupting:
-    def __init__(self, loader: FakeLoader, after_batches: int):
-        self.loader, self.after = loader, after_batches
-
-    def __len__(self):
-        return len(self.loader)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-    def __iter__(self):
-        for batch in self.loader:
-            if self.loader.served > self.after:
-                raise KeyboardInterrupt
-            yield batch

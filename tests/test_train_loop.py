@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fake_loader, read_metrics, small_config
+from conftest import Interrupting, fake_loader, read_metrics, small_config
 
 from vmae2 import checkpoint, weights
 from vmae2.model import VideoMAEv2
@@ -42,7 +42,7 @@ def test_resume_reproduces_the_straight_run(tmp_path):
     loader = fake_loader(cfg2)
     with pytest.raises(KeyboardInterrupt):
         # Stop inside step 6, after the step-4 checkpoint: as a kill would, mid-way between checkpoints.
-        train(cfg2, loader=_Interrupting(loader, after_batches=5))
+        train(cfg2, loader=Interrupting(loader, after_batches=5))
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "resumed")] == [4]
     train(cfg2, loader=fake_loader(cfg2))       # the same command again: resumes from step 4
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
@@ -50,28 +50,6 @@ def test_resume_reproduces_the_straight_run(tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-class _Interrupting:
-    """A loader that raises KeyboardInterrupt when asked for batch number `after_batches`."""
-
-    def __init__(self, loader, after_batches):
-        self.loader, self.after = loader, after_batches
-
-    def __len__(self):
-        return len(self.loader)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-    def __iter__(self):
-        for batch in self.loader:
-            if self.loader.served > self.after:
-                raise KeyboardInterrupt
-            yield batch
 
 
 class _FixedBatches:
