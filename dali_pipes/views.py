@@ -166,12 +166,12 @@ def random_resized_boxes(rng: np.random.Generator, width, height, *, scale=(0.08
 
 
 # RandAugment "rand-m7-n4-mstd0.5-inc1": timm's increasing-magnitude op set, in this order (the DALI
-# suite in augment.py follows it); IDENTITY stands for an op skipped by its probability 0.5.
+# graph in augment.py follows it); IDENTITY stands for an op skipped by its probability 0.5.
 RAND_OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
             "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 IDENTITY = len(RAND_OPS)
-MAX_LEVEL = 10            # timm's magnitude scale: level 10 is each op's strongest setting
-LEVEL_BINS = 100          # DALI magnitude bins per level range: a level is kept to 1/10 of a level
+MAX_LEVEL = 10.0          # timm's magnitude scale: level 10 is each op's strongest setting
+TRANSLATE_FRACTION = 0.45  # timm's translate_pct: TranslateXRel/YRel shift at level 10, of the side
 
 
 @dataclass(frozen=True)
@@ -183,25 +183,47 @@ class RandAugmentConfig:
     magnitude_std: float = 0.5    # mstd: each op's level ~ N(m, mstd) clipped to [0, MAX_LEVEL]
     op_prob: float = 0.5          # each drawn op is applied with this probability (timm's default)
 
-    @property
-    def num_magnitude_bins(self) -> int:
-        return LEVEL_BINS + 1
+
+def rand_augment_params(op: np.ndarray, level: np.ndarray, negate: np.ndarray, size: int) -> np.ndarray:
+    """float32 parameter of each op at each level, by timm's increasing-level rules (rand_augment.py).
+
+    rotate: degrees ±30·l; posterize: bit mask keeping 4 − int(4·l) bits; solarize: threshold
+    256 − int(256·l); solarize_add: int(110·l) added below 128; color, contrast, brightness,
+    sharpness: factor 1 ± 0.9·l; shear: ±0.3·l; translate: ±0.45·l of the side, in pixels
+    (l = level / MAX_LEVEL). `negate` flips the sign where timm negates at random.
+    """
+    frac = level / MAX_LEVEL
+    sign = np.where(negate, -1.0, 1.0)
+    bits = 4 - np.floor(frac * 4)
+    by_op = {
+        "rotate": sign * 30 * frac,
+        "posterize": 255 - (2.0 ** (8 - bits) - 1),
+        "solarize": 256 - np.floor(frac * 256),
+        "solarize_add": np.floor(frac * 110),
+        "shear_x": sign * 0.3 * frac, "shear_y": sign * 0.3 * frac,
+        "translate_x": sign * TRANSLATE_FRACTION * frac * size, "translate_y": sign * TRANSLATE_FRACTION * frac * size,
+        **{name: 1 + sign * 0.9 * frac for name in ("color", "contrast", "brightness", "sharpness")},
+    }
+    params = np.zeros(op.shape)
+    for index, name in enumerate(RAND_OPS):
+        if name in by_op:
+            params = np.where(op == index, by_op[name], params)
+    return params.astype(np.float32)
 
 
-def rand_augment_draws(rng: np.random.Generator, views: int, cfg: RandAugmentConfig) -> dict[str, np.ndarray]:
-    """One RandAugment draw per view (the whole clip shares it): op, magnitude bin and sign per layer.
+def rand_augment_draws(rng: np.random.Generator, views: int, cfg: RandAugmentConfig, size: int) -> dict:
+    """One RandAugment draw per view (the whole clip shares it): op and parameter of each layer.
 
-    op (V, n) int32 indexes RAND_OPS (IDENTITY when the op's coin says skip); bin (V, n) int32 is the
-    level in 1/LEVEL_BINS of MAX_LEVEL; sign (V, n) int32 is 1 where the magnitude is negated (used by
-    the ops timm negates at random: rotate, shear, translate and the enhance ops).
+    op (V, n) int32 indexes RAND_OPS (IDENTITY where the op's coin says skip); param (V, n) float32
+    is its parameter (rand_augment_params) at a level ~ N(magnitude, magnitude_std) clipped to
+    [0, MAX_LEVEL], negated with probability 0.5 where timm negates.
     """
     shape = (views, cfg.num_ops)
     op = rng.integers(0, len(RAND_OPS), size=shape)
     op = np.where(rng.random(shape) < cfg.op_prob, op, IDENTITY)
     level = np.clip(rng.normal(cfg.magnitude, cfg.magnitude_std, size=shape), 0, MAX_LEVEL)
-    level_bin = np.round(level / MAX_LEVEL * LEVEL_BINS)
-    sign = rng.random(shape) > 0.5
-    return {"op": op.astype(np.int32), "bin": level_bin.astype(np.int32), "sign": sign.astype(np.int32)}
+    negate = rng.random(shape) > 0.5
+    return {"op": op.astype(np.int32), "param": rand_augment_params(op, level, negate, size)}
 
 
 @dataclass(frozen=True)

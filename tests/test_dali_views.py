@@ -5,8 +5,6 @@ dataset/datasets.py): VideoClsDataset test/train for dense clips, RawFrameClsDat
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -19,6 +17,7 @@ from dali_pipes.views import (
     erase_boxes,
     erase_fill,
     rand_augment_draws,
+    rand_augment_params,
     random_resized_boxes,
     resized_size,
     test_views,
@@ -195,13 +194,31 @@ def test_erase_boxes_probability_and_bounds():
 
 def test_rand_augment_draws_match_timm_statistics():
     cfg = RandAugmentConfig()
-    draws = rand_augment_draws(np.random.default_rng(6), 5000, cfg)
-    op, level_bin, sign = draws["op"], draws["bin"], draws["sign"]
-    assert op.shape == level_bin.shape == sign.shape == (5000, 4)
+    draws = rand_augment_draws(np.random.default_rng(6), 5000, cfg, 224)
+    op, param = draws["op"], draws["param"]
+    assert op.shape == param.shape == (5000, 4) and param.dtype == np.float32
     assert 0.48 < (op == IDENTITY).mean() < 0.52                 # each op applied with p 0.5
     counts = np.bincount(op[op != IDENTITY], minlength=len(RAND_OPS))
     assert counts.min() > 0.8 * counts.mean()                      # uniform over the 15 ops
-    level = level_bin / 10
-    assert abs(level.mean() - 7) < 0.05 and abs(level.std() - 0.5) < 0.05
-    assert 0.48 < sign.mean() < 0.52
-    assert cfg.num_magnitude_bins == 101 and math.isclose(level.max(), level.max().round(1))
+    rotate = param[op == RAND_OPS.index("rotate")]                 # ±30·level/10, level ~ N(7, 0.5)
+    assert abs(np.abs(rotate).mean() - 21) < 0.3 and abs(np.abs(rotate).std() - 1.5) < 0.2
+    assert 0.45 < (rotate < 0).mean() < 0.55
+    assert (param[op == IDENTITY] == 0).all()
+
+
+def test_rand_augment_params_follow_timm_level_rules():
+    """Levels 0, 5, 7, 10 by hand: timm's increasing ops (rand_augment.py, _LEVEL_DENOM 10)."""
+    levels = np.array([0.0, 5.0, 7.0, 10.0])
+    def params(name, negate=False):
+        op = np.full(4, RAND_OPS.index(name))
+        return rand_augment_params(op, levels, np.full(4, negate), 224).tolist()
+    assert params("rotate") == [0, 15, 21, 30] and params("rotate", True) == [0, -15, -21, -30]
+    # bits kept 4 − int(4·l): 4, 2, 2 (int(2.8)), 0 → masks 0xF0, 0xC0, 0xC0, 0x00
+    assert params("posterize") == [240, 192, 192, 0]
+    assert params("solarize") == [256, 128, 77, 0]                 # 256 − int(179.2) = 77
+    assert params("solarize_add") == [0, 55, 77, 110]
+    assert np.allclose(params("contrast"), [1, 1.45, 1.63, 1.9]) and np.allclose(params("color", True),
+                                                                                 [1, 0.55, 0.37, 0.1])
+    assert np.allclose(params("shear_x"), [0, 0.15, 0.21, 0.3])
+    assert np.allclose(params("translate_y"), [0, 50.4, 70.56, 100.8])   # 0.45·l of 224 pixels
+    assert params("equalize") == [0, 0, 0, 0]
