@@ -302,3 +302,18 @@ def test_two_ranks_write_every_video_exactly_once(dataset, tmp_path):
     assert (single / "index.jsonl").read_text() == (out / "index.jsonl").read_text()
     for key, rows in _features(single).items():
         np.testing.assert_allclose(_features(out)[key], rows, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC decode, GPU resize)")
+@pytest.mark.parametrize("compat", ["none", "official"])
+def test_gpu_stream_matches_the_cpu_stream(dataset, compat):
+    """NVDEC (mixed) windows on the GPU hold the same frames as the CPU backend's, within decoder rounding."""
+    video = next(v for v in list_videos(open_dataset(dataset / "ds")) if v.meta["num_frames"] == 33)
+    cpu = [(s, w) for s, w in WindowStream(size=SIZE, compat=compat).windows(video.read(), 33, window=16, step=4)]
+    gpu = [(s, w) for s, w in WindowStream(size=SIZE, compat=compat, device="gpu", device_id=0).windows(
+        video.read(), 33, window=16, step=4)]
+    assert [s for s, _ in gpu] == [s for s, _ in cpu] and all(w.is_cuda for _, w in gpu)
+    for (_, a), (_, b) in zip(cpu, gpu, strict=True):
+        assert (frame_numbers(b.cpu().float().numpy()) == frame_numbers(a.float().numpy())).all()
+        assert (a.float() - b.cpu().float()).abs().mean() < 2.0
