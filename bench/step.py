@@ -7,6 +7,11 @@ For each preset × decoder mask ratio × compile × activation checkpointing: cl
 memory, achieved TFLOP/s and MFU against a matmul peak measured in the same run (and the bf16
 datasheet peak where known). A step is forward + backward + AdamW update, bf16 autocast on a GPU,
 fp32 on the CPU. Dual-masking speedup and memory ratio are ratios within the same run.
+
+--fsdp shards the model with FSDP2 (fully_shard per block, then the root, as vmae2.distributed
+does for many ranks) over a one-process group (NCCL on a GPU, gloo on the CPU): the memory of one
+ViT-g step with activation checkpointing as a multi-GPU run would hold it, before the sharding
+divides it.
 """
 from __future__ import annotations
 
@@ -64,12 +69,40 @@ def synthetic_batch(cfg, clips: int, device: torch.device, seed: int = 0):
     return video.to(device), {k: torch.from_numpy(v).to(device) for k, v in masks.items()}
 
 
+def one_rank_group(device: torch.device) -> None:
+    """A process group of this process alone, for FSDP2 without torchrun."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1, **({"device_id": device} if device.type == "cuda" else {}))
+
+
+def fully_shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
+    """FSDP2 as vmae2.distributed.wrap applies it (which leaves a one-process run unwrapped)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from vmae2.distributed import transformer_blocks
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
+    for blocks in transformer_blocks(model):
+        for block in blocks:
+            fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
 def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpointing: bool,
-            device: torch.device, warmup: int, repeats: int) -> dict:
+            device: torch.device, warmup: int, repeats: int, fsdp: bool = False, model_overrides=None) -> dict:
     """Time one configuration; raises torch.OutOfMemoryError when it does not fit."""
     torch.manual_seed(0)
-    model = vmae2.build_pretrain_model(preset, decoder_mask_ratio=ratio, grad_checkpointing=checkpointing).to(device)
+    model = vmae2.build_pretrain_model(preset, decoder_mask_ratio=ratio, grad_checkpointing=checkpointing,
+                                       **(model_overrides or {})).to(device)
     cfg = model.cfg
+    if fsdp:
+        one_rank_group(device)
+        model = fully_shard_model(model, bf16=device.type == "cuda")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
     step_model = torch.compile(model) if compile_model else model
     video, masks = synthetic_batch(cfg, clips, device)
@@ -100,7 +133,7 @@ def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpoi
     fwd_flops = pretrain_flops(cfg, ratio)["total"]
     return {
         "preset": preset, "decoder_mask_ratio": ratio, "clips_per_step": clips, "compile": compile_model,
-        "activation_checkpointing": checkpointing, "step_s_median": median,
+        "activation_checkpointing": checkpointing, "fsdp": fsdp, "step_s_median": median,
         "step_s_p10": float(np.percentile(times, 10)), "step_s_p90": float(np.percentile(times, 90)),
         "repeats": repeats, "first_step_s": first_step_s, "clips_per_s": clips / median,
         # model FLOPs: forward + backward ≈ 3 × forward; ×2 converts multiply-adds to FLOPs
@@ -138,6 +171,16 @@ def parse_list(text: str, kind=str) -> list:
     return [kind(x) for x in text.split(",") if x != ""]
 
 
+def parse_model_sets(items) -> dict[str, int]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise click.BadParameter(f"{item!r}: expected FIELD=INT, e.g. img_size=56", param_hint="--model")
+        out[key] = int(value)
+    return out
+
+
 def on_off(text: str) -> list[bool]:
     return [{"on": True, "off": False}[x] for x in parse_list(text)]
 
@@ -153,13 +196,19 @@ def on_off(text: str) -> list[bool]:
               help="Also find the largest batch that fits [default: on GPU].")
 @click.option("--warmup", default=3, show_default=True, help="Untimed steps (the first includes compilation).")
 @click.option("--repeats", default=10, show_default=True, help="Timed steps; the median is quoted.")
+@click.option("--model", "model_sets", multiple=True, metavar="FIELD=INT",
+              help="Override an integer ModelConfig field of every preset, e.g. img_size=56 (smoke tests).")
+@click.option("--fsdp", is_flag=True, help="Shard the model with FSDP2 over a one-process group (memory of a "
+              "sharded run, e.g. ViT-g); --max-batch is off with it.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write rows and environment as JSON here.")
-def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warmup, repeats, json_path):
+def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warmup, repeats, model_sets, fsdp,
+         json_path):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     presets = parse_list(presets or ("vit_b,vit_l" if gpu else "tiny"))
     batches = parse_list(batches or (str(PAPER_VIDEOS_PER_GPU * NUM_SAMPLE) if gpu else "8"), int)
-    max_batch = gpu if max_batch is None else max_batch
+    model_overrides = parse_model_sets(model_sets)
+    max_batch = (gpu and not fsdp) if max_batch is None else max_batch and not fsdp
     env = environment()
     peak = matmul_peak_tflops(device)
     sheet = datasheet_peak(env)
@@ -175,7 +224,8 @@ def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warm
                 for comp in on_off(compile_modes):
                     for clips in dict.fromkeys(sizes):
                         try:
-                            row = measure(preset, ratio, clips, comp, ckpt, device, warmup, repeats)
+                            row = measure(preset, ratio, clips, comp, ckpt, device, warmup, repeats, fsdp,
+                                          model_overrides)
                         except torch.OutOfMemoryError:
                             click.echo(f"{preset} ratio={ratio} clips={clips} compile={comp} ckpt={ckpt}: "
                                        f"out of memory")
@@ -184,12 +234,17 @@ def main(presets, ratios, compile_modes, checkpointing, batches, max_batch, warm
                         row["mfu_measured_peak"] = row["model_tflops_per_s"] / peak
                         row["mfu_datasheet"] = row["model_tflops_per_s"] / sheet if sheet else None
                         row["largest_batch"] = clips == sizes[-1] and max_batch and gpu
+                        row["model_overrides"] = model_overrides
                         rows.append(row)
                         mem = f"{row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] is not None else "-"
                         click.echo(f"{preset:6} ratio={ratio:<4} clips={clips:<5} compile={comp!s:5} ckpt={ckpt!s:5} "
                                    f"{row['step_s_median'] * 1e3:8.1f} ms  {row['clips_per_s']:8.1f} clips/s  "
                                    f"{row['model_tflops_per_s']:7.2f} TFLOP/s  "
                                    f"MFU {row['mfu_measured_peak']:.1%}  {mem}")
+    if fsdp:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     summary = dual_masking_summary(rows)
     for r in summary:
         mem = f", memory x{r['memory_ratio']:.2f}" if r["memory_ratio"] else ""

@@ -1,0 +1,109 @@
+"""`python -m bench.gpu --dry-run`: the GPU acceptance script end to end on the CPU at toy sizes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+PART_JSON = ["gpu_run", "gpu_tests", "step", "step_vit_g", "loader", "e2e", "epoch"]
+
+
+def test_dry_run_writes_the_readme_and_every_parts_json(tmp_path):
+    out = tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out),
+                           "--shards", str(tmp_path / "shards")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in PART_JSON:
+        assert (out / f"{name}.json").is_file(), (name, sorted(p.name for p in out.iterdir()))
+    run = json.loads((out / "gpu_run.json").read_text())
+    assert run["dry_run"] is True
+    assert [r["part"] for r in run["rows"]] == ["gpu_tests", "step", "step_vit_g", "loader", "e2e", "epoch"]
+    assert all(r["status"] == "ok" and (out / r["log"]).is_file() for r in run["rows"]), run["rows"]
+    assert run["shard_sets"][0]["name"] == "vp9-bench" and run["shard_sets"][0]["bytes"] > 0
+    tests = json.loads((out / "gpu_tests.json").read_text())
+    assert tests["counts"]["skipped"] == len(tests["rows"]) >= 10       # collected, and skipped here
+    assert {r["message"] for r in tests["rows"]} == {"needs a CUDA GPU"}
+    step = json.loads((out / "step_vit_g.json").read_text())["rows"]
+    assert step[0]["fsdp"] is True and step[0]["activation_checkpointing"] is True
+    epoch = json.loads((out / "epoch.json").read_text())
+    assert epoch["inputs"]["loader"] and epoch["inputs"]["e2e"]
+    readme = (out / "README.md").read_text()
+    for title in ("Acceptance run", "GPU tests", "Training step", "End to end", "Projected epoch time"):
+        assert title in readme, title
+    assert "timed out" not in readme
+
+
+def test_a_part_past_its_budget_is_killed_and_recorded(tmp_path, monkeypatch):
+    from bench.gpu import run
+
+    slow = run.Part("slow", 2, lambda out: [sys.executable, "-c", "import time; print('started', flush=True); "
+                                            "time.sleep(60)"])
+    quick = run.Part("quick", 30, lambda out: [sys.executable, "-c", "print('done')"])
+    monkeypatch.setattr(run, "plan", lambda shards, dry_run: [slow, quick])
+    payload = run.run_all(tmp_path, tmp_path / "no-shards", None, budget_s=60, dry_run=True, echo=lambda m: None)
+    rows = {r["part"]: r for r in payload["rows"]}
+    assert rows["slow"]["status"] == "timed out" and rows["slow"]["wall_s"] < 20
+    assert (tmp_path / "slow.log").read_text() == "started\n"
+    assert rows["quick"]["status"] == "ok" and (tmp_path / "quick.log").read_text() == "done\n"
+    # a later call running one part keeps the other part's row
+    monkeypatch.setattr(run, "plan", lambda shards, dry_run: [slow, quick])
+    payload = run.run_all(tmp_path, tmp_path / "no-shards", ["quick"], budget_s=60, dry_run=True,
+                          echo=lambda m: None)
+    assert [r["status"] for r in payload["rows"]] == ["timed out", "ok"]
+
+
+def test_total_budget_skips_the_parts_that_no_longer_fit(tmp_path, monkeypatch):
+    from bench.gpu import run
+
+    first = run.Part("first", 30, lambda out: [sys.executable, "-c", "import time; time.sleep(3)"])
+    second = run.Part("second", 30, lambda out: [sys.executable, "-c", "print('never')"])
+    monkeypatch.setattr(run, "plan", lambda shards, dry_run: [first, second])
+    monkeypatch.setattr(run, "REPORT_RESERVE_S", 0)
+    payload = run.run_all(tmp_path, tmp_path, None, budget_s=6, dry_run=True, echo=lambda m: None)
+    rows = {r["part"]: r for r in payload["rows"]}
+    assert rows["first"]["status"] == "ok"
+    assert rows["second"]["status"] == "skipped" and "budget of 6 s was spent" in rows["second"]["reason"]
+
+
+def test_without_a_gpu_the_full_run_fails_fast_and_says_why():
+    from bench.gpu.__main__ import main
+
+    result = CliRunner().invoke(main, ["--parts", "step"])
+    assert result.exit_code == 1
+    assert "torch sees no CUDA GPU" in result.output and "--dry-run" in result.output
+
+
+def test_unknown_part_is_named():
+    from bench.gpu.__main__ import main
+
+    result = CliRunner().invoke(main, ["--parts", "step,loaders", "--dry-run"])
+    assert result.exit_code == 2 and "unknown part(s) ['loaders']" in result.output
+
+
+def test_missing_shards_without_pyav_name_the_fix(tmp_path, monkeypatch):
+    import builtins
+
+    from bench.gpu.shards import make_shards
+
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kwargs):
+        if name == "av":
+            raise ImportError("no av")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    try:
+        make_shards(tmp_path / "s", dry_run=False)
+    except RuntimeError as err:
+        assert "python -m bench.gpu make-shards" in str(err) and "--shards" in str(err)
+        assert "h264-320p" in str(err)
+    else:
+        raise AssertionError("expected a RuntimeError")
