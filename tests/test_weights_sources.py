@@ -251,3 +251,30 @@ def test_export_command(tmp_path):
     assert_same(read_weights(tmp_path / "w.safetensors")[0], read_weights(tmp_path / "w.pth")[0])
     result = CliRunner().invoke(main, ["export", "--weights", str(tmp_path / "none.pth"), "--out", "x.pt"])
     assert result.exit_code == 1 and "none.pth does not exist" in result.output
+
+
+def test_saved_fixed_position_table_is_dropped_a_learned_one_refused():
+    from vmae2.model import sinusoid_table
+
+    torch.manual_seed(0)
+    source = vmae2.build_classifier("tiny", 10)
+    state = dict(source.state_dict(), pos_embed=sinusoid_table(512, 192))
+    target = vmae2.build_classifier("tiny", 10)
+    report = load_weights(target, state)
+    assert "pos_embed: the fixed sinusoid table" in str(report)
+    assert_same(target.state_dict(), source.state_dict())
+    state["pos_embed"] = sinusoid_table(512, 192) + 0.01
+    with pytest.raises(ValueError, match=r"pos_embed \(1, 512, 192\) is not the fixed 1-D sinusoid table"):
+        load_weights(target, state)
+
+
+def test_head_rows_from_a_json_list(tmp_path):
+    torch.manual_seed(0)
+    big = vmae2.build_classifier("tiny", 710)
+    (tmp_path / "label_710to400.json").write_text(json.dumps([7, 3, 700]))
+    small = vmae2.build_classifier("tiny", 3)
+    load_weights(small, {"model": big.state_dict()}, head_rows=tmp_path / "label_710to400.json")
+    assert torch.equal(small.head.weight, big.head.weight[[7, 3, 700]])
+    (tmp_path / "bad.json").write_text('["a"]')
+    with pytest.raises(ValueError, match="bad.json: expected a JSON list of integer row indices"):
+        load_weights(small, big.state_dict(), head_rows=tmp_path / "bad.json")

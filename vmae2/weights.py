@@ -136,8 +136,17 @@ def pretrain_to_classifier(state: dict[str, torch.Tensor]) -> tuple[dict[str, to
 
 
 def read_head_rows(path) -> torch.Tensor:
-    """Row indices (one integer per line) that map a 710-class head onto a subset of classes."""
+    """Row indices that map a 710-class head onto a subset of classes: a JSON list, or one integer per line."""
     rows = []
+    text = Path(path).read_text()
+    if text.lstrip().startswith("["):                    # the published label_710to400.json and kin
+        try:
+            rows = [int(v) for v in json.loads(text)]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: expected a JSON list of integer row indices ({err})") from None
+        if not rows:
+            raise ValueError(f"{path}: no row indices found")
+        return torch.tensor(rows, dtype=torch.long)
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
@@ -343,13 +352,32 @@ def _to_published(state: dict, config: dict | None, name: str, kind: str) -> Wei
     if "embeddings.patch_embeddings.projection.weight" in state:    # a bare transformers VideoMAEModel
         state = {f"videomae.{k}": v for k, v in state.items()}
     config = _model_config_dict(config)
+    notes = _drop_fixed_position_table(state, name)
     if any(k.startswith("videomae.") for k in state):
         hf_config = config.pop("transformers", {}) if config else {}
-        converted, kind_hf, notes = from_transformers(state, hf_config, name)
-        return Weights(converted, config, name, f"{kind_hf} in {kind}", notes)
+        converted, kind_hf, hf_notes = from_transformers(state, hf_config, name)
+        return Weights(converted, config, name, f"{kind_hf} in {kind}", notes + hf_notes)
     if config:
         config.pop("transformers", None)
-    return Weights(state, config, name, f"{_layout(state)} weights in {kind}")
+    return Weights(state, config, name, f"{_layout(state)} weights in {kind}", notes)
+
+
+def _drop_fixed_position_table(state: dict[str, torch.Tensor], name: str) -> list[str]:
+    """Remove a saved copy of the fixed sinusoid table (some exports keep it); refuse a learned one."""
+    from .model import sinusoid_table
+
+    notes = []
+    for key in [k for k in state if k in ("pos_embed", "encoder.pos_embed", "decoder.pos_embed")]:
+        table = state[key]
+        fixed = sinusoid_table(table.shape[-2], table.shape[-1]) if table.dim() >= 2 else None
+        if fixed is None or table.numel() != fixed.numel() or \
+                not torch.allclose(table.reshape(fixed.shape).float(), fixed, atol=1e-4):
+            raise ValueError(f"{name}: {key} {tuple(table.shape)} is not the fixed 1-D sinusoid table; vmae2 "
+                             f"models use the fixed table (use_learnable_pos_emb=False in the published code), "
+                             f"so learned position embeddings cannot be loaded")
+        del state[key]
+        notes.append(f"{key}: the fixed sinusoid table, recomputed by the model")
+    return notes
 
 
 def _layout(state: dict) -> str:
