@@ -85,6 +85,9 @@ def test_views(num_stored_frames: int, width: int, height: int, *, num_frames: i
             for k in range(num_clips) for j in range(num_crops)]
 
 
+test_views.__test__ = False  # a library function: pytest must not collect it where it is imported
+
+
 # ---- train-time temporal sampling (one batch at a time) -------------------------------------------
 def dense_train_frames(rng: np.random.Generator, num_stored_frames, num_frames: int, stride: int) -> np.ndarray:
     """(B, num_frames) int64: VideoClsDataset train `load_video` with one segment, for a batch.

@@ -24,8 +24,6 @@ from dali_pipes.views import (
     tsn_train_frames,
 )
 
-test_views.__test__ = False  # a library function whose name starts with "test", not a test
-
 
 def frames_of(views, clip):
     return [v["frames"].tolist() for v in views if v["clip"] == clip]
