@@ -302,7 +302,11 @@ def read_source(source) -> Weights:
         config = loaded.get("config") if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) else None
         kind = f"a torch file ({path.name})"
     if config is None and (path.parent / "config.json").is_file():
-        config = json.loads((path.parent / "config.json").read_text())
+        try:
+            config = json.loads((path.parent / "config.json").read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name}: {path.parent / 'config.json'} beside the weights is not valid JSON ({err}); "
+                             f"fix or remove it") from None
     return _to_published(state, config, name, kind)
 
 
