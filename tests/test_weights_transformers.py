@@ -118,3 +118,12 @@ def test_other_activation_is_refused(tmp_path):
     transformers.VideoMAEForPreTraining(config).save_pretrained(tmp_path / "pre")
     with pytest.raises(ValueError, match="hidden_act='relu'"):
         read_weights(tmp_path / "pre")
+
+
+def test_decoder_mlp_of_another_ratio_is_refused(tmp_path):
+    config = transformers.VideoMAEConfig(**dict(SMALL, decoder_intermediate_size=96))
+    transformers.VideoMAEForPreTraining(config).save_pretrained(tmp_path / "pre")
+    with pytest.raises(ValueError, match="decoder_intermediate_size=96; vmae2 sizes the decoder MLP"):
+        read_weights(tmp_path / "pre")
+    transformers.VideoMAEModel(config).save_pretrained(tmp_path / "bare")   # no decoder: loads
+    assert read_weights(tmp_path / "bare")[0]["encoder.blocks.0.attn.qkv.weight"].shape == (192, 64)

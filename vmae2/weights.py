@@ -399,14 +399,23 @@ def _model_config_dict(config: dict | None) -> dict | None:
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     if config.get("model_type") == "videomae":
         hidden = config.get("hidden_size", 768)
-        model = dict(patch_size=config.get("patch_size", 16), depth=config.get("num_hidden_layers", 12),
+        sides = {}
+        for key, default in (("patch_size", 16), ("image_size", 224)):
+            value = config.get(key, default)
+            if isinstance(value, (list, tuple)):
+                if len(set(value)) != 1:
+                    raise ValueError(f"transformers config.json: {key}={value} is not square; vmae2 takes square "
+                                     f"patches and crops")
+                value = value[0]
+            sides[key] = value
+        model = dict(patch_size=sides["patch_size"], depth=config.get("num_hidden_layers", 12),
                      embed_dim=hidden, num_heads=config.get("num_attention_heads", 12),
                      mlp_hidden_dim=config.get("intermediate_size", 3072),
                      decoder_depth=config.get("decoder_num_hidden_layers", 4),
                      decoder_embed_dim=config.get("decoder_hidden_size", 384),
                      decoder_num_heads=config.get("decoder_num_attention_heads", 6),
                      tubelet_size=config.get("tubelet_size", 2), num_frames=config.get("num_frames", 16),
-                     img_size=config.get("image_size", 224))
+                     img_size=sides["image_size"])
         return {"model": {k: v for k, v in model.items() if k in names}, "transformers": config}
     if isinstance(config.get("model_config"), dict):                    # OpenGVLab/VideoMAEv2-* hub repos
         mc = config["model_config"]
@@ -443,6 +452,12 @@ def from_transformers(state: dict[str, torch.Tensor], hf_config: dict, name: str
     if hf_config.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"{name}: {kind} uses hidden_act={hf_config['hidden_act']!r}; vmae2 blocks use exact GELU "
                          f"(hidden_act='gelu'), so these weights would compute something else")
+    ratio_hidden = hf_config.get("decoder_hidden_size", 384) * hf_config.get("intermediate_size", 3072) \
+        // hf_config.get("hidden_size", 768)
+    if kind.endswith("ForPreTraining") and hf_config.get("decoder_intermediate_size", ratio_hidden) != ratio_hidden:
+        raise ValueError(f"{name}: {kind} has decoder_intermediate_size={hf_config['decoder_intermediate_size']}; "
+                         f"vmae2 sizes the decoder MLP with the encoder's ratio (decoder_hidden_size × "
+                         f"intermediate_size / hidden_size), as the published model does")
     if hf_config.get("num_channels", 3) != 3:
         raise ValueError(f"{name}: {kind} takes num_channels={hf_config['num_channels']}; vmae2 takes RGB (3)")
     if enc == "" and ("videomae.layernorm.weight" in state or "fc_norm.weight" not in state
