@@ -269,9 +269,10 @@ def erase_fill(rng: np.random.Generator, boxes: np.ndarray, size: int) -> np.nda
     code draws fresh noise for every frame; here one noise image covers the box on all frames.
     """
     fill = np.zeros((len(boxes), size, size, 3), np.uint8)
-    mean, std = np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255
+    mean = np.array(IMAGENET_MEAN, np.float32) * 255
+    std = np.array(IMAGENET_STD, np.float32) * 255
     for v, (x0, y0, w, h) in enumerate(boxes):
         if w and h:
-            noise = mean + std * rng.standard_normal((h, w, 3))
-            fill[v, y0:y0 + h, x0:x0 + w] = np.clip(np.round(noise), 0, 255)
+            noise = mean + std * rng.standard_normal((h, w, 3), dtype=np.float32)
+            fill[v, y0:y0 + h, x0:x0 + w] = np.clip(np.rint(noise), 0, 255)
     return fill

@@ -181,3 +181,30 @@ def test_unlabeled_samples_are_an_error_naming_their_keys(tmp_path):
         with pytest.raises(DatasetError, match="2 of 4 samples have no label") as err:
             make()
         assert all(key in str(err.value) for key in unlabeled)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC decode, GPU augmentation)")
+def test_gpu_loaders_give_the_published_views_and_resume(dataset):
+    """The same graphs on the GPU: test views read back right, the full fine-tuning recipe resumes exactly."""
+    out, metas = dataset
+    cfg = classify.TestConfig(num_frames=T, stride=STRIDE, num_clips=3, num_crops=2, short_side=SIZE)
+    with classify.test_loader(out, 2, cfg, device="cuda", num_threads=2) as loader:
+        batch = next(iter(loader))
+    assert batch["video"].is_cuda and batch["valid"].is_cuda
+    for b, key in enumerate(batch["keys"]):
+        meta = metas[key]
+        expected = test_views(meta["num_frames"], meta["width"], meta["height"], num_frames=T, stride=STRIDE,
+                              num_clips=3, num_crops=2, short_side=SIZE)
+        for v, e in enumerate(expected):
+            assert (frame_numbers(batch["video"][6 * b + v].cpu().numpy()) == e["frames"]).all()
+    full = classify.FinetuneConfig(num_frames=T, stride=STRIDE, img_size=SIZE, num_sample=2)
+    loader = classify.finetune_loader(out, 2, full, seed=3, device="cuda", num_threads=2)
+    reference = list(loader)
+    loader = classify.finetune_loader(out, 2, full, seed=3, device="cuda", num_threads=2)
+    batches_of(loader, 2)
+    restored = classify.finetune_loader(out, 2, full, seed=3, device="cuda", num_threads=2)
+    restored.load_state_dict(loader.state_dict())
+    for want, got in zip(reference[2:], restored):
+        assert want["video"].is_cuda and want["keys"] == got["keys"]
+        assert torch.equal(want["video"], got["video"]) and torch.equal(want["label"], got["label"])
