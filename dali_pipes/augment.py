@@ -2,7 +2,11 @@
 
 Every random choice is drawn in numpy by the sampling pipeline (views.py) and arrives here as data,
 so the clip pipeline is a deterministic function of its inputs and a resumed loader gives the same
-batches (DALI cannot checkpoint the video decoder, so nothing random may live next to it).
+batches (DALI cannot checkpoint the video decoder, so nothing random may live next to it). That is
+why DALI's own random operators are not used although they handle sequences (one draw per FHWC
+sample): fn.random_resized_crop and fn.flip become fn.resize with a drawn ROI (a mirrored ROI
+flips), auto_aug.rand_augment becomes auto_aug.core.select over the same DALI operator bodies with
+drawn ops and parameters, and fn.erase takes a drawn box.
 
 How the train graph differs from the published PIL/torch implementation (dataset/datasets.py), and
 by how much:
