@@ -278,3 +278,46 @@ def test_head_rows_from_a_json_list(tmp_path):
     (tmp_path / "bad.json").write_text('["a"]')
     with pytest.raises(ValueError, match="bad.json: expected a JSON list of integer row indices"):
         load_weights(small, big.state_dict(), head_rows=tmp_path / "bad.json")
+
+
+def test_hub_online_picks_one_file_and_fetches_config_and_shards(tmp_path, monkeypatch):
+    """The online path with the hub client replaced by a local repository (no network here)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    source = tiny_pretrain(0).state_dict()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    keys = sorted(source)
+    save_file({k: source[k] for k in keys[:10]}, repo / "model-00001-of-00002.safetensors")
+    save_file({k: source[k] for k in keys[10:]}, repo / "model-00002-of-00002.safetensors")
+    weight_map = {k: f"model-0000{1 + (i >= 10)}-of-00002.safetensors" for i, k in enumerate(keys)}
+    (repo / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (repo / "config.json").write_text(json.dumps({"model": TINY_MODEL}))
+    torch.save(source, repo / "pytorch_model.bin")
+    fetched = []
+
+    def download(repo_id, filename, revision=None):
+        fetched.append(filename)
+        target = tmp_path / "snapshot" / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((repo / filename).read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, revision=None: sorted(
+        p.name for p in repo.iterdir()))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    weights = read_source("hf://owner/sharded")
+    assert fetched == ["model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                       "model-00002-of-00002.safetensors", "config.json"]
+    assert_same(weights.state, source)
+    assert weights.config == {"model": TINY_MODEL}
+    (repo / "model.safetensors.index.json").unlink()
+    with pytest.raises(ValueError, match=r"several weights files \['model-00001-of-00002.safetensors', "
+                                         r"'model-00002-of-00002.safetensors'\]; pick one with hf://owner/x/FILE"):
+        read_source("hf://owner/x")
+    fetched.clear()
+    assert_same(read_source("hf://owner/x/pytorch_model.bin").state, source)
+    assert fetched == ["pytorch_model.bin", "config.json"]

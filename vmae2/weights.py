@@ -277,7 +277,12 @@ def read_weights(source) -> tuple[dict[str, torch.Tensor], dict | None]:
 
 
 def read_source(source) -> Weights:
-    """Like read_weights, keeping what was found (for messages) and the conversion notes."""
+    """Like read_weights, keeping what was found (for messages) and the conversion notes.
+
+    A Weights passes through, so a caller that read the source once (for its config) loads without reading again.
+    """
+    if isinstance(source, Weights):
+        return source
     if isinstance(source, dict):
         state, config = read_state_dict(source, "state dict"), None
         return _to_published(state, config, "state dict", "a state dict")
