@@ -18,9 +18,13 @@ by how much:
   Colour ops are per pixel or per frame statistics; contrast and auto-contrast take those over the
   crop instead of the whole frame.
 - RandAugment ops: DALI operators (the bodies of nvidia.dali.auto_aug's ops) with timm's exact
-  level-to-parameter rules, computed in numpy (views.rand_augment_params); warps are bilinear, not
-  bicubic (the published train_interpolation); equalize follows OpenCV's lookup table, PIL's
-  differs by at most one grey level per bin; sharpness filters the 1-pixel border too (PIL keeps it).
+  level-to-parameter rules, computed in numpy (views.rand_augment_params), each checked against
+  PIL on the same image (tests/test_dali_augment.py): invert, posterize, solarize, solarize-add and
+  whole-pixel translations are exact; auto-contrast, colour, contrast and brightness within 1 grey
+  level; sharpness within 1 inside, but DALI also filters the 1-pixel border that PIL keeps; rotate
+  and shear are bilinear against PIL's bilinear (the published setting asks PIL for bicubic), mean
+  difference under 1 grey level, larger only along the edge of the fill; equalize follows OpenCV's
+  lookup table, not PIL's: about 7 grey levels apart on average, up to about 30.
 - The crop is resized bilinearly without antialiasing, as torch.nn.functional.interpolate in the
   published `random_resized_crop`; test views resize bilinearly without antialiasing, as its cv2.
 - Random erasing fills the box with one noise image for all frames (published: fresh per frame),
@@ -100,10 +104,11 @@ def _op_graphs() -> list:
         "contrast": _contrast,
         "brightness": lambda data, factor: fn.brightness(data, brightness=factor),
         "sharpness": _sharpness,
-        "shear_x": lambda data, shear: _warp(data, fn.transforms.shear(shear=fn.stack(shear, _zero_like(shear)))),
-        "shear_y": lambda data, shear: _warp(data, fn.transforms.shear(shear=fn.stack(_zero_like(shear), shear))),
-        "translate_x": lambda data, px: _warp(data, fn.transforms.translation(offset=fn.stack(px, _zero_like(px)))),
-        "translate_y": lambda data, px: _warp(data, fn.transforms.translation(offset=fn.stack(_zero_like(px), px))),
+        # PIL's affine maps output to input pixels, DALI's (inverse_map=False) input to output: negated.
+        "shear_x": lambda data, shear: _warp(data, fn.transforms.shear(shear=fn.stack(-shear, _zero_like(shear)))),
+        "shear_y": lambda data, shear: _warp(data, fn.transforms.shear(shear=fn.stack(_zero_like(shear), -shear))),
+        "translate_x": lambda data, px: _warp(data, fn.transforms.translation(offset=fn.stack(-px, _zero_like(px)))),
+        "translate_y": lambda data, px: _warp(data, fn.transforms.translation(offset=fn.stack(_zero_like(px), -px))),
     }
     return [by_name[name] for name in RAND_OPS] + [lambda data, _: data]
 
