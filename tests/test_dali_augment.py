@@ -175,3 +175,28 @@ def test_rand_augment_with_drawn_ops_keeps_frames_consistent(seed):
                        conditionals=True)
     assert all((clip == clip[0]).all() for clip in out)
     assert len({clip.tobytes() for clip in out}) == 12
+
+
+def torch_bilinear(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The published resize: torch bilinear, align_corners=False, no antialiasing, rounded to uint8."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    out = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return out.round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(int)
+
+
+def test_crop_resize_matches_the_published_crop_then_interpolate():
+    """Train: crop the integer box, then interpolate to S×S. Test: resize the frame, then crop S×S."""
+    rng = np.random.default_rng(2)
+    video = np.clip(clip_frames(3).astype(float) + rng.normal(0, 20, (3, HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
+    x0, y0, w, h = 7, 5, 50, 41
+    train_ref = torch_bilinear(video[:, y0:y0 + h, x0:x0 + w], SIZE, SIZE)
+    # Test view: 80×64 resized to short side 32 → 40×32, crop x 8…40 ↔ source x 16…80.
+    test_ref = torch_bilinear(video, 32, 40)[:, :, 8:40]
+    starts = [np.array([y0, x0], np.float32), np.array([0, 16], np.float32)]
+    ends = [np.array([y0 + h, x0 + w], np.float32), np.array([64, 80], np.float32)]
+    (out,) = run_graph(lambda video, start, end: [augment.crop_resize(video, start, end, size=SIZE)],
+                       {"video": [video] * 2, "start": starts, "end": ends})
+    assert np.abs(out[0].astype(int) - train_ref).max() <= 1
+    assert np.abs(out[1].astype(int) - test_ref).max() <= 1
