@@ -42,20 +42,30 @@ def index_for_tar(tar_path):
 
 
 def parse_index(text):
-    """[[(ext, offset, size, name), ...] per sample] from index text; ValueError if malformed."""
+    """[[(ext, offset, size, name), ...] per sample] from index text; ValueError if malformed.
+
+    The one reader of the format: `samples`, `verify` and the DALI data engine all use it.
+    """
     lines = text.splitlines()
     if not lines:
         raise ValueError("empty index")
-    version, count = lines[0].split()
+    header = lines[0].split()
+    if len(header) != 2 or not header[1].isdigit():
+        raise ValueError(f"index line 1 is {lines[0]!r}, expected '{INDEX_VERSION} <num_samples>'")
+    version, count = header
     if version != INDEX_VERSION:
         raise ValueError(f"index version {version}, expected {INDEX_VERSION}")
     samples = []
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], 2):
         fields = line.split()
-        if len(fields) % 4:
-            raise ValueError(f"malformed index line {line!r}")
-        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
-                        for i in range(0, len(fields), 4)])
+        if not fields or len(fields) % 4:
+            raise ValueError(f"malformed index line {number}: {line!r} (expected groups of "
+                             f"'ext offset size name')")
+        try:
+            samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                            for i in range(0, len(fields), 4)])
+        except ValueError as err:
+            raise ValueError(f"malformed index line {number}: {line!r} ({err})") from err
     if len(samples) != int(count):
         raise ValueError(f"index header says {count} samples but lists {len(samples)}")
     return samples

@@ -30,6 +30,7 @@ Arguments that change the output are recorded in OUT/.staging/args.json at the s
 manifest; running with different ones on the same OUT is an error naming the differences.
 """
 
+import contextlib
 import glob
 import importlib.util
 import json
@@ -46,7 +47,7 @@ from shard_tools.files import write_json_atomic
 from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
 from shard_tools.frames import DEFAULT_FIRST_FRAME, DEFAULT_FRAME_TEMPLATE, DEFAULT_FRAMES_FPS, check_template
 from shard_tools.manifest import build_manifest, write_manifest, write_skipped
-from shard_tools.pool import RAY_MISSING, run_pool, worker_pool
+from shard_tools.pool import RAY_MISSING, PoolError, run_pool, worker_pool
 from shard_tools.sources import (
     FOLDER_VIDEO_EXTS,
     LIST_FORMATS,
@@ -100,7 +101,7 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
         (staging / sub).mkdir(parents=True, exist_ok=True)
 
     entries, skips, labels = _entries(args)
-    with worker_pool(workers, ray) as pool:
+    with _pool(workers, ray) as pool:
         options = {k: args[k] for k in ("codec", "short_side", "gop", "quality", "frame_stride",
                                         "max_seconds", "fps", "frame_template", "first_frame")}
         outcomes = run_pool(stage.process_entry, [(e, options, str(staging)) for e in entries],
@@ -143,6 +144,15 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
     return _summary(out, manifest, start, resumed_shards=len(names) - len(todo),
                     input_bytes=sum(o.get("source_bytes", 0) for o in outcomes),
                     num_videos=len(entries), skips=skips)
+
+
+@contextlib.contextmanager
+def _pool(workers, ray):
+    try:
+        with worker_pool(workers, ray) as pool:
+            yield pool
+    except PoolError as err:
+        raise PackError(str(err)) from err
 
 
 def _check_args(**args):

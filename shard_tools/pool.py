@@ -30,6 +30,10 @@ RAY_MISSING = 'packing on a Ray cluster needs Ray: pip install "vmae2[ray]"'
 MAX_IN_FLIGHT = 4096
 
 
+class PoolError(RuntimeError):
+    """Ray is missing, or its cluster cannot be reached."""
+
+
 def quiet_ffmpeg():
     """FFmpeg's own log lines would interleave with the progress bar; our errors say enough."""
     import av.logging
@@ -59,12 +63,17 @@ def ray_executor(address, workers):
     try:
         import ray
     except ImportError as err:
-        raise RuntimeError(RAY_MISSING) from err
-    if address == "local":
-        ray.init(address="local", num_cpus=max(1, workers), include_dashboard=False,
-                 logging_level=logging.WARNING)
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        raise PoolError(RAY_MISSING) from err
+    try:
+        if address == "local":
+            ray.init(address="local", num_cpus=max(1, workers), include_dashboard=False,
+                     logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise PoolError(f"--ray {address}: cannot reach a Ray cluster there ({err}); start one "
+                        f"(`ray start --head`, then `ray start --address HEAD:PORT` on the other "
+                        f"nodes) and give its HEAD:PORT, or use --ray local") from err
     try:
         yield RayExecutor(ray)
     finally:

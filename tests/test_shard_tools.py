@@ -11,8 +11,9 @@ from test_shard_pack import make_clip
 
 from shard_tools.cli import main
 from shard_tools.format import read_manifest
+from shard_tools.index import format_index, parse_index
 from shard_tools.info import info
-from shard_tools.pack import pack
+from shard_tools.pack import PackError, pack
 from shard_tools.synth import CLASSES, make_synthetic, render_clip
 from shard_tools.verify import verify
 
@@ -159,3 +160,30 @@ def test_cli_pack_prints_the_summary_and_reports_bad_arguments(tmp_path):
                                   "--no-progress"])
     assert result.exit_code == 0 and "packed 2 samples" in result.output
     assert Path(tmp_path / "syn" / "manifest.json").is_file()
+
+
+def test_index_parser_round_trips_and_names_the_bad_line():
+    members = [("a.webm", 512, 10), ("a.json", 1536, 5), ("b_c0.mp4", 2560, 3), ("b_c0.json", 3584, 2)]
+    assert parse_index(format_index(members)) == [
+        [("webm", 512, 10, "a.webm"), ("json", 1536, 5, "a.json")],
+        [("mp4", 2560, 3, "b_c0.mp4"), ("json", 3584, 2, "b_c0.json")]]
+    for text, message in (("v1.2 1\nwebm x 3 a.webm\n", "line 2: 'webm x 3 a.webm'"),
+                          ("v1.2 1\nwebm 1 3\n", "line 2"), ("v1.2\n", "line 1"),
+                          ("v1.1 0\n", "version v1.1"), ("v1.2 2\nwebm 1 2 a.webm\n", "says 2")):
+        with pytest.raises(ValueError, match=message):
+            parse_index(text)
+
+
+def test_cli_ray_flag_alone_means_the_running_cluster(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_pack(src, out, **kwargs):
+        seen.update(kwargs)
+        raise PackError("stop here")
+
+    monkeypatch.setattr("shard_tools.cli.pack", fake_pack)
+    for args, expected in ((["--ray"], "auto"), (["--ray", "local"], "local"),
+                           (["--ray", "ray://head:10001"], "ray://head:10001"), ([], None)):
+        result = CliRunner().invoke(main, ["pack", "src", "out", *args, "--workers", "2"])
+        assert result.exit_code == 2 and "stop here" in result.output
+        assert (seen["ray"], seen["workers"]) == (expected, 2)
