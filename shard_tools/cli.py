@@ -36,7 +36,8 @@ def _shard_options(fn):
     fn = click.option("--prefix", default="train", show_default=True,
                       help="Shard name prefix: {prefix}-000000.tar.")(fn)
     fn = click.option("--workers", type=int, default=1, show_default=True,
-                      help="Worker processes for probing, transcoding and writing shards.")(fn)
+                      help="Worker processes for probing, transcoding and writing shards "
+                           "(with --ray local: the CPUs Ray is started with).")(fn)
     fn = click.option("--seed", type=int, default=0, show_default=True,
                       help="Seed of the global shuffle (and of synthetic clips).")(fn)
     fn = click.option("--no-progress", is_flag=True, help="Hide the progress bars.")(fn)
