@@ -85,7 +85,8 @@ def test_error_paths(tmp_path):
 
     bigger = vmae2.build_pretrain_model("tiny", embed_dim=96, num_heads=3)
     torch.save(bigger.state_dict(), tmp_path / "other.pth")
-    with pytest.raises(ValueError, match=r"shape mismatch at encoder\.patch_embed\.proj\.weight: checkpoint \(96, 3, 2, 14, 14\) vs model \(192, 3, 2, 14, 14\)"):
+    with pytest.raises(ValueError, match=r"shape mismatch at encoder\.patch_embed\.proj\.weight: "
+                                         r"checkpoint \(96, 3, 2, 14, 14\) vs model \(192, 3, 2, 14, 14\)"):
         load_pretrain(pretrain, tmp_path / "other.pth")
 
     partial = {k: v for k, v in pretrain.state_dict().items() if not k.startswith("decoder.head")}
