@@ -75,21 +75,16 @@ def breakdown(data, codec, batch_size, threads, opts, batches, warmup, repeats) 
 
 
 def sampling_stage_rate(data, batch_size, sizes, batches, warmup, repeats) -> dict:
-    """Videos/s of the sampling stage alone on one thread: the sampling pipeline (reader, every random
-    choice) and a checkpoint per batch, as wall time and as the process's CPU time (the cores are
-    shared: CPU time is what the stage itself costs)."""
-    from dali_pipes.manifest import open_shards
-    from dali_pipes.pipeline import sampling_pipeline
-
+    """Videos/s of the sampling stage alone on one thread: the reader pipeline, every random choice and
+    a checkpoint per batch (what the loader's producer thread does per batch), as wall time and as
+    the process's CPU time (the cores are shared: CPU time is what the stage itself costs)."""
     loader = make_loader(data, batch_size, 1, {**sizes, "device": "cpu"})
-    pipe = sampling_pipeline(open_shards(data), loader.cfg, 0, 1, batch_size=batch_size, num_threads=1,
-                             device_id=None, seed=0, exec_dynamic=True)
+    stage = loader.sampling_stage()
     loader.close()
-    pipe.build()
+    release = getattr(stage.recipe, "release", lambda arrays: None)
 
-    def draw():
-        pipe.run()
-        pipe.checkpoint()
+    def draw():  # the clip pipeline consumes each batch at once: its arrays go back to the recipe
+        release(stage.draw()["arrays"])
 
     for _ in range(warmup):
         draw()
@@ -106,8 +101,11 @@ def sampling_stage_rate(data, batch_size, sizes, batches, warmup, repeats) -> di
 
 def make_loader(data, batch_size, threads, opts):
     import dali_pipes
+    from dali_pipes.sampling import SamplingConfig
 
-    return dali_pipes.pretrain_loader(data, batch_size, num_threads=threads, **opts)
+    sizes = {k: v for k, v in opts.items() if k != "device"}
+    return dali_pipes.pretrain_loader(data, batch_size, SamplingConfig(**sizes), device=opts.get("device"),
+                                      num_threads=threads)
 
 
 def host_time(make, batches: int, warmup: int, step_ms: float | None) -> dict:
@@ -298,6 +296,7 @@ def throughput_stage(codecs, videos, short_side, video_frames, batch_size, threa
                      data_root, device, sizes, notes) -> list[dict]:
     """dali_pipes against the reference loader per codec and thread count, then the breakdown."""
     from bench.baselines.reference_loader import ReferenceLoader
+    from dali_pipes.sampling import SamplingConfig
 
     gpu = device == "cuda"
     opts = {**sizes, "device": device}
@@ -311,7 +310,8 @@ def throughput_stage(codecs, videos, short_side, video_frames, batch_size, threa
         for n in threads:
             for name, make in (
                 ("dali_pipes", lambda: make_loader(data, batch_size, n, opts)),
-                ("reference", lambda: ReferenceLoader(data, batch_size, num_workers=n, **opts)),
+                ("reference", lambda: ReferenceLoader(data, batch_size, SamplingConfig(**sizes), num_workers=n,
+                                                      device=device)),
             ):
                 r = time_loader(make, batches, warmup, repeats, clips_per_batch)
                 r.update(codec=codec, loader=name, threads=n,

@@ -2,13 +2,14 @@
 
 Importing the package is cheap: the DALI pipelines, torch and the loader are imported on first use
 of the names below, so numpy-only modules such as `dali_pipes.masking` (the token grid and the dual
-masks, shared with the model) can be imported without DALI installed.
+masks, shared with the model) and `dali_pipes.sampling` can be imported without DALI installed.
 """
 from __future__ import annotations
 
 import importlib
 
-_LAZY = {"pretrain_loader": "loader", "PretrainLoader": "loader", "DatasetError": "manifest"}
+_LAZY = {"pretrain_loader": "pretrain", "PretrainRecipe": "pretrain", "ClipLoader": "loader",
+         "SamplingConfig": "sampling", "open_shards": "shards", "ShardSet": "shards", "DatasetError": "shards"}
 
 __all__ = sorted(_LAZY)
 

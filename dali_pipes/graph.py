@@ -1,19 +1,19 @@
-"""Pure DALI graph functions of the pre-training data engine (no @pipeline_def here).
+"""Pure DALI graph functions of the data engine (no @pipeline_def here; pipeline.py holds those).
 
-The engine is two DALI pipelines (pipeline.py):
+The engine is two DALI pipelines and a numpy sampler between them (loader.py):
 
-    sampling pipeline  reader → seeds → per-sample parameters (clip start, crops, masks)   CPU, cheap
-    clip pipeline      encoded video + parameters → decode → N crops → resize → device    the heavy part
+    reader pipeline   shards → (encoded video, json) per sample, sharded and shuffled       CPU, checkpointed
+    sampler           json of a batch → clip starts, crops, masks, labels (numpy, per batch)  producer thread
+    clip pipeline     encoded video + the sampler's arrays → decode → crops → device         the heavy part
 
 They are split because DALI 2.4 cannot checkpoint fn.decoders.video ("Checkpointing is not
-implemented for this operator"), while the reader and the random generators, which hold all the
-state of an epoch, can: the sampling pipeline is checkpointed, the clip pipeline is stateless.
+implemented for this operator"), while the reader, which holds the read position of an epoch, can:
+the reader pipeline is checkpointed, the sampler is seeded by the batch's number, and the clip
+pipeline is stateless.
 """
 from __future__ import annotations
 
 from nvidia.dali import fn, types
-
-from .sampling import GraphSampler, SamplingConfig
 
 READER_NAME = "Reader"
 
@@ -30,17 +30,6 @@ def read_samples(tar_paths, index_paths, video_exts, *, shard_id, num_shards, sh
         random_shuffle=shuffle, initial_fill=initial_fill, seed=seed, pad_last_batch=True,
         stick_to_shard=False, name=READER_NAME)
     return video, meta
-
-
-def sample_parameters(meta, cfg: SamplingConfig):
-    """Per-sample clip start, crop ROIs, masks and label from the json member and fresh seeds.
-
-    The randomness comes from a DALI generator (checkpointed with the pipeline), so the numpy code
-    in sampling.py is a pure function of its inputs and a restored pipeline draws the same values.
-    """
-    seed_words = fn.random.uniform(range=[0, 2 ** 24], shape=[2], dtype=types.INT32)
-    sampler = GraphSampler(cfg)
-    return fn.python_function(meta, seed_words, function=sampler, num_outputs=sampler.num_outputs)
 
 
 def decode_clip(encoded, start, *, num_frames, stored_stride, device):

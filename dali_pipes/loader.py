@@ -1,14 +1,23 @@
-"""The pre-training loader: epochs of ready batches on the device, with exact mid-epoch resume.
+"""The engine's loader: epochs of ready batches on the device, with exact mid-epoch resume.
 
-Batch contract (what vmae2's pre-training forward takes, plus bookkeeping):
+`ClipLoader` is the two-pipeline machinery, the same for every recipe (pre-training: pretrain.py;
+fine-tuning and test loaders plug in their own):
 
-    video   uint8  (B·N, T, S, S, 3)      on the device; clip b·N + j is crop j of sample b
-    masks   {"visible_idx": (B·N, N_vis), "query_idx": (B·N, N_query), "loss_idx": (B·N, N_loss)}
-            int64, sorted, from dali_pipes.masking.dual_masks, on the device
-    keys    list of B·N sample keys, aligned with the clips (each key repeated N times)
-    label   int64 (B·N,) on the device, −1 for unlabeled samples
+    producer thread   reader pipeline → json → recipe.sample(metas, rng) → queue    (SamplingStage)
+    clip pipeline     external sources ← queue; recipe.clip_graph → decode, crops → outputs
+    training thread   clip_pipeline.run() → recipe.batch(outputs, keys)
 
-B = batch_size (videos decoded per step), N = num_sample (repeated augmentation).
+A recipe is any object with:
+
+    input_names            names of the arrays sample() returns that feed the clip pipeline, in order
+                           (the pipeline's first input is always "encoded", the reader's video)
+    sample(metas, rng)     {name: array with the batch first} for a batch's parsed json members, drawn
+                           from the numpy Generator (vectorised over the batch)
+    clip_graph(inputs, decode_device)   pure DALI graph: {name: DataNode} → tuple of outputs
+    batch(outputs, keys)   the dict handed to the training loop, from the outputs as torch tensors
+                           (batch first, on the device) and the batch's sample keys
+    release(arrays)        optional: a batch's sample() arrays once the clip pipeline has consumed
+                           them, so the recipe may reuse their memory
 
 Sharding across ranks: DALI's reader gives rank r the r-th contiguous range of samples (the ranges
 rotate by one each epoch) and pads every range to ceil(num_samples / world_size) by repeating its
@@ -16,26 +25,35 @@ last sample, then to whole batches; so every rank runs len(loader) = ceil(ceil(n
 world_size) / batch_size) batches per epoch, all samples are seen every epoch, and at most
 world_size·batch_size duplicates fill the gaps. Nothing is dropped.
 
-Resume: all randomness and the read position live in the sampling pipeline, which DALI checkpoints;
-the clip pipeline is stateless. state_dict() holds the sampling pipeline's checkpoint taken right
-after the last batch handed out, so a loader restored from it continues with exactly the batches the
-uninterrupted one would have given.
+Off the training thread: the producer runs the reader, parses the json members, draws the batch's
+random choices and takes the reader's checkpoint, up to `prefetch + 1` batches ahead; the clip
+pipeline (prefetch_queue_depth=prefetch) decodes ahead in DALI's threads. The training thread only
+takes finished batches: its external-source callback pops a queue.
+
+Resume: batch k's random choices come from numpy's Generator seeded with (seed, rank, k), and the
+read position lives in the reader pipeline, which DALI checkpoints. Each batch carries the reader's
+checkpoint taken right after it was read; state_dict() holds the one of the last batch handed out,
+so a loader restored from it continues with exactly the batches the uninterrupted one would give.
 """
 from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from collections import deque
 
 import numpy as np
 import torch
 
-from .manifest import open_shards
-from .pipeline import CLIP_INPUTS, clip_pipeline, sampling_pipeline
-from .sampling import SamplingConfig
+from .pipeline import clip_pipeline, reader_pipeline
+from .sampling import parse_metas
+from .shards import ShardSet
+
+CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # what DALI's CPU video decoder reads
 
 
-def _resolve_device(device) -> tuple[str, int | None, torch.device]:
+def resolve_device(device) -> tuple[str, int | None, torch.device]:
     """(DALI backend "gpu"/"cpu", CUDA device id, torch device) for None / "cpu" / "cuda[:k]" / k."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,77 +69,138 @@ def _resolve_device(device) -> tuple[str, int | None, torch.device]:
     return "gpu", index, torch.device("cuda", index)
 
 
-def _key(source_info: str) -> tuple[str, str]:
+def sample_key(source_info: str) -> tuple[str, str]:
     """(sample key, shard path) from the reader's source info "shard.tar:offset:key.json"."""
     shard, _, member = source_info.rsplit(":", 2)
     return member.split(".", 1)[0], shard
 
 
-class PretrainLoader:
-    """Iterable over one epoch at a time (len = batches per epoch); see the module doc for the batch."""
+class SamplingStage:
+    """The reader pipeline and the recipe's sampler: one batch of clip-pipeline inputs per `draw()`.
 
-    def __init__(self, data, batch_size: int, *, num_sample: int = 4, num_frames: int = 16,
-                 img_size: int = 224, device=None, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 stride: int = 4, patch_size: int = 16, encoder_mask_ratio: float = 0.9,
-                 decoder_mask_ratio: float = 0.5, num_threads: int | None = None, shuffle: bool = True,
+    Everything a batch needs apart from decoding, on the calling thread: the reader's outputs, the
+    json members parsed, the recipe's random choices from Generator((seed, rank, batch number)), and
+    the reader's checkpoint right after the batch.
+    """
+
+    def __init__(self, shards: ShardSet, batch_size: int, recipe, *, rank: int, world_size: int, seed: int,
+                 shuffle: bool, initial_fill: int, checkpoint=None, first_batch: int = 0):
+        self.root, self.recipe, self.seed, self.rank = shards.root, recipe, seed, rank
+        self.next_batch = first_batch
+        self.pipe = reader_pipeline(shards, rank, world_size, shuffle=shuffle, initial_fill=initial_fill,
+                                    reader_seed=seed, batch_size=batch_size, num_threads=1, device_id=None,
+                                    seed=seed * 7919 + rank + 1, prefetch_queue_depth=2, exec_dynamic=True,
+                                    checkpoint=checkpoint)
+        self.pipe.build()
+
+    def draw(self) -> dict:
+        """{"encoded": TensorList, "arrays": {name: array}, "sources": [...], "checkpoint": str} of the next batch."""
+        try:
+            encoded, meta = self.pipe.run()
+            checkpoint = self.pipe.checkpoint()
+            sources = [meta[i].source_info() for i in range(len(meta))]
+            metas = parse_metas([np.asarray(meta[i]).tobytes() for i in range(len(meta))], sources)
+        except Exception as err:  # the reader or the json (its message names the source or file)
+            raise RuntimeError(f"reading samples from {self.root} failed: {err}") from err
+        rng = np.random.default_rng([self.seed, self.rank, self.next_batch])
+        arrays = self.recipe.sample(metas, rng)
+        self.next_batch += 1
+        return {"encoded": encoded, "arrays": arrays, "sources": sources, "checkpoint": checkpoint}
+
+
+class _Producer:
+    """A thread that keeps up to `depth` drawn batches ready; `take()` is the clip pipeline's source."""
+
+    def __init__(self, stage: SamplingStage, input_names: tuple[str, ...], depth: int):
+        self.stage, self.input_names = stage, input_names
+        self.ready = queue.Queue(maxsize=depth)
+        self.pending = deque()  # drawn batches handed to the clip pipeline, not yet returned by it
+        self.error = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dali_pipes-sampler", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                item = self.stage.draw()
+            except Exception as err:  # handed to the training thread, which raises it
+                item = err
+            while not self.stop.is_set():
+                try:
+                    self.ready.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+
+    def take(self):
+        """External-source callback of the clip pipeline (training thread): the next drawn batch."""
+        item = self.ready.get()
+        if isinstance(item, Exception):
+            self.error = item
+            raise item
+        self.pending.append(item)
+        return (item["encoded"], *(item["arrays"][name] for name in self.input_names))
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                self.ready.get_nowait()
+            except queue.Empty:
+                pass
+            self.thread.join(timeout=0.05)
+        self.stage = None
+
+
+class ClipLoader:
+    """Iterable over one epoch at a time (len = batches per epoch) of `recipe.batch(...)` dicts."""
+
+    def __init__(self, shards: ShardSet, batch_size: int, recipe, *, device=None, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, num_threads: int | None = None, shuffle: bool = True,
                  initial_fill: int = 256, prefetch: int = 2):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.shards = open_shards(data)
-        self.cfg = SamplingConfig(num_frames=num_frames, stored_stride=self.shards.stored_stride(stride),
-                                  img_size=img_size, num_sample=num_sample, patch_size=patch_size,
-                                  encoder_mask_ratio=encoder_mask_ratio, decoder_mask_ratio=decoder_mask_ratio)
-        self.cfg.grid  # rejects sizes that do not tile into cubes, before any pipeline is built
-        self.backend, self.device_id, self.device = _resolve_device(device)
-        cpu_only = self.backend == "cpu" and set(self.shards.codecs) - {"vp8", "vp9", "mjpeg"}
-        if cpu_only:
-            raise ValueError(f"{self.shards.root}: codecs {sorted(self.shards.codecs)} need the GPU decoder; "
-                             f"DALI's CPU decoder reads only VP8, VP9 and MJPEG: repack with --codec vp9 or "
-                             f"use a GPU")
+        if batch_size < 1 or prefetch < 1:
+            raise ValueError(f"batch_size and prefetch must be positive, got {batch_size} and {prefetch}")
+        self.shards, self.recipe = shards, recipe
+        self.backend, self.device_id, self.device = resolve_device(device)
+        if self.backend == "cpu" and set(shards.codecs) - CPU_CODECS:
+            raise ValueError(f"{shards.root}: codecs {sorted(shards.codecs)} need the GPU decoder; DALI's CPU "
+                             f"decoder reads only VP8, VP9 and MJPEG: repack with --codec vp9 or use a GPU")
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_threads = num_threads or max(1, (os.cpu_count() or 2))
         self.shuffle, self.initial_fill, self.prefetch = shuffle, initial_fill, prefetch
-        self.batches_per_epoch = math.ceil(math.ceil(self.shards.num_samples / world_size) / batch_size)
-        self._sampler = self._clips = None
+        self.batches_per_epoch = math.ceil(math.ceil(shards.num_samples / world_size) / batch_size)
+        self._producer = self._clips = None
         self._build(checkpoint=None, batches_done=0)
 
     # ---- pipelines -------------------------------------------------------------------------------
+    def sampling_stage(self, checkpoint=None, first_batch: int = 0) -> SamplingStage:
+        """A fresh sampling stage of this loader (the producer's; also what bench.loader times alone)."""
+        return SamplingStage(self.shards, self.batch_size, self.recipe, rank=self.rank, world_size=self.world_size,
+                             seed=self.seed, shuffle=self.shuffle, initial_fill=self.initial_fill,
+                             checkpoint=checkpoint, first_batch=first_batch)
+
     def _build(self, checkpoint, batches_done: int) -> None:
         self.close()
         self._batches_done = batches_done      # batches handed out, over all epochs
-        self._last_checkpoint = checkpoint     # sampling-pipeline state right after that batch
-        self._pending = deque()                # host-side facts of batches fed but not yet returned
-        self._sampler = sampling_pipeline(
-            self.shards, self.cfg, self.rank, self.world_size, shuffle=self.shuffle,
-            initial_fill=self.initial_fill, reader_seed=self.seed,
-            batch_size=self.batch_size, num_threads=1, device_id=None,
-            seed=self.seed * 7919 + self.rank + 1, prefetch_queue_depth=2, exec_dynamic=True,
-            checkpoint=checkpoint)
-        self._sampler.build()
-        self._clips = clip_pipeline(
-            self.cfg, self.backend, self._next_parameters,
-            batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
-            seed=self.seed, prefetch_queue_depth=self.prefetch, exec_dynamic=True)
+        self._last_checkpoint = checkpoint     # reader state right after that batch
+        # Enough drawn batches to refill the clip pipeline's queue at once, plus one being drawn.
+        self._producer = _Producer(self.sampling_stage(checkpoint, batches_done), self.recipe.input_names,
+                                   depth=self.prefetch + 1)
+        self._clips = clip_pipeline(self.recipe, self.backend, self._producer.take, batch_size=self.batch_size,
+                                    num_threads=self.num_threads, device_id=self.device_id, seed=self.seed,
+                                    prefetch_queue_depth=self.prefetch, exec_dynamic=True)
         self._clips.build()
 
-    def _next_parameters(self):
-        """External-source callback of the clip pipeline: one batch from the sampling pipeline."""
-        try:
-            outputs = self._sampler.run()
-        except Exception as err:  # the reader or the sampler (its message names the source or file)
-            raise RuntimeError(f"reading samples from {self.shards.root} failed: {err}") from err
-        named = dict(zip((*CLIP_INPUTS, "meta"), outputs))
-        sources = [named["meta"][i].source_info() for i in range(len(named["meta"]))]
-        self._pending.append({"sources": sources, "encoded": named["encoded"],
-                              "checkpoint": self._sampler.checkpoint()})
-        return tuple(named[name] for name in CLIP_INPUTS)
-
     def close(self) -> None:
-        """Stop both pipelines and free their buffers (also on garbage collection)."""
-        for pipe in (self._clips, self._sampler):
-            if pipe is not None:
-                pipe._shutdown()
-        self._sampler = self._clips = None
+        """Stop the producer and release both pipelines (DALI frees a pipeline with its last reference)."""
+        if self._producer is not None:
+            self._producer.close()
+        self._producer = self._clips = None
 
     def __del__(self):
         try:
@@ -155,39 +234,31 @@ class PretrainLoader:
     def _next_batch(self) -> dict:
         try:
             outputs = self._clips.run()
-        except RuntimeError as err:
+        except Exception as err:
+            if self._producer.error is not None:  # reading failed: the reader's message says where
+                raise self._producer.error from None
             raise self._decode_error(err) from err
-        facts = self._pending.popleft()
-        n = self.cfg.num_sample
-        video, visible, query, loss, label = (self._to_torch(out) for out in outputs)
-        keys = [_key(s)[0] for s in facts["sources"] for _ in range(n)]
-        batch = {
-            "video": video.reshape(-1, *video.shape[2:]),                      # (B·N, T, S, S, 3)
-            "masks": {"visible_idx": visible.reshape(-1, visible.shape[-1]),   # (B·N, N_vis)
-                      "query_idx": query.reshape(-1, query.shape[-1]),         # (B·N, N_query)
-                      "loss_idx": loss.reshape(-1, loss.shape[-1])},           # (B·N, N_loss)
-            "keys": keys,
-            "label": label.reshape(-1).repeat_interleave(n),                   # (B·N,)
-        }
+        drawn = self._producer.pending.popleft()
+        if hasattr(self.recipe, "release"):  # its arrays were fed (copied) and the iteration is done
+            self.recipe.release(drawn["arrays"])
+        keys = [sample_key(s)[0] for s in drawn["sources"]]
+        # DLPack shares DALI's buffers (no copy); with exec_dynamic DALI never reuses a returned buffer.
+        batch = self.recipe.batch(tuple(torch.from_dlpack(out.as_tensor()) for out in outputs), keys)
         self._batches_done += 1
-        self._last_checkpoint = facts["checkpoint"]
+        self._last_checkpoint = drawn["checkpoint"]
         return batch
-
-    def _to_torch(self, tensor_list) -> torch.Tensor:
-        # DLPack shares DALI's buffer (no copy); with exec_dynamic DALI never reuses a returned buffer.
-        return torch.from_dlpack(tensor_list.as_tensor())
 
     def _decode_error(self, err: Exception) -> Exception:
         """A decode failure, reported by the keys of the samples that fail PyAV's decoder too."""
-        if not self._pending:
+        if not self._producer.pending:
             return err
-        facts = self._pending[0]
+        drawn = self._producer.pending[0]
         bad = []
-        for i, source in enumerate(facts["sources"]):
-            key, shard = _key(source)
-            if not _decodable(np.asarray(facts["encoded"][i]).tobytes()):
+        for i, source in enumerate(drawn["sources"]):
+            key, shard = sample_key(source)
+            if not _decodable(np.asarray(drawn["encoded"][i]).tobytes()):
                 bad.append(f"{key} (in {shard})")
-        named = bad or [f"{_key(s)[0]} (in {_key(s)[1]})" for s in facts["sources"]]
+        named = bad or [f"{sample_key(s)[0]} (in {sample_key(s)[1]})" for s in drawn["sources"]]
         what = "corrupt samples" if bad else "decoding failed in a batch holding"
         return RuntimeError(f"{what}: {', '.join(named)}; remove them from the source and repack "
                             f"(vmae2-shard skips undecodable inputs). DALI said: {str(err).splitlines()[0]}")
@@ -221,15 +292,3 @@ def _decodable(encoded: bytes) -> bool:
         return True
     except Exception:
         return False
-
-
-def pretrain_loader(data, batch_size: int, *, num_sample: int = 4, num_frames: int = 16, img_size: int = 224,
-                    device=None, rank: int = 0, world_size: int = 1, seed: int = 0, **options) -> PretrainLoader:
-    """Batches of VideoMAE V2 pre-training from a vmae2-shard folder (or its manifest.json).
-
-    options: stride (4, in source frames), patch_size (16), encoder_mask_ratio (0.9),
-    decoder_mask_ratio (0.5), num_threads (all cores), shuffle (True), initial_fill (256, the
-    reader's shuffle buffer), prefetch (2, batches the clip pipeline runs ahead).
-    """
-    return PretrainLoader(data, batch_size, num_sample=num_sample, num_frames=num_frames, img_size=img_size,
-                          device=device, rank=rank, world_size=world_size, seed=seed, **options)

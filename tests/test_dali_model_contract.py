@@ -6,6 +6,7 @@ from test_dali_clips import make_shards
 
 import dali_pipes
 from dali_pipes.masking import mask_counts, token_grid
+from dali_pipes.sampling import SamplingConfig
 from vmae2.config import model_config
 from vmae2.model import VideoMAEv2
 
@@ -14,8 +15,8 @@ def test_loader_batch_feeds_the_tiny_model(tmp_path):
     out = tmp_path / "ds"
     make_shards(out, [20, 24], shard_size=10 ** 9)
     cfg = model_config("tiny")  # 16 frames × 112², patch 14 → grid (8, 8, 8)
-    loader = dali_pipes.pretrain_loader(out, 2, num_sample=2, num_frames=16, img_size=112, device="cpu",
-                                        stride=1, patch_size=cfg.patch_size, num_threads=2)
+    sampling = SamplingConfig(num_frames=16, img_size=112, stride=1, patch_size=cfg.patch_size, num_sample=2)
+    loader = dali_pipes.pretrain_loader(out, 2, sampling, device="cpu", num_threads=2)
     batch = next(iter(loader))
     counts = mask_counts(token_grid(16, 112, cfg.patch_size))
     assert batch["video"].shape == (4, 16, 112, 112, 3)

@@ -4,6 +4,10 @@ Tiny setting throughout: 80×64 clips, 8 frames at stride 2, img_size 32, patch 
 """
 from __future__ import annotations
 
+import gc
+import weakref
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,11 +17,17 @@ from test_dali_clips import HEIGHT, WIDTH, crop_box, frame_numbers, make_shards,
 import dali_pipes
 from dali_pipes import graph
 from dali_pipes.masking import mask_counts, running_cell_mask
-from dali_pipes.sampling import crop_size_pairs, fix_offsets, frame_indices
+from dali_pipes.sampling import SamplingConfig, crop_size_pairs, fix_offsets, frame_indices
+from dali_pipes.shards import open_shards
 
 T, STRIDE, SIZE, PATCH = 8, 2, 32, 8
-LENGTHS = [30, 9, 20, 16, 25, 12, 33, 10]  # 9, 12 and 10 are shorter than the 15-frame span
-OPTS = dict(num_frames=T, img_size=SIZE, stride=STRIDE, patch_size=PATCH, device="cpu", num_threads=2)
+LENGTHS = [30, 9, 20, 16, 25, 12, 33, 10]  # 9, 16, 12 and 10 leave no free start for the 16-frame span
+CFG = SamplingConfig(num_frames=T, img_size=SIZE, stride=STRIDE, patch_size=PATCH, num_sample=2)
+OPTS = dict(device="cpu", num_threads=2)
+
+
+def make_loader(out, batch_size, num_sample=2, cfg=CFG, **options):
+    return dali_pipes.pretrain_loader(out, batch_size, replace(cfg, num_sample=num_sample), **{**OPTS, **options})
 
 
 @pytest.fixture(scope="module", params=["vp9", "mjpeg"])
@@ -35,9 +45,9 @@ def vp9_16(tmp_path_factory):
 
 def test_frames_follow_start_stride_rule_and_short_clips_repeat_last(dataset):
     out, metas = dataset
-    span = (T - 1) * STRIDE + 1
+    span = T * STRIDE  # the published window: T·stride frames, the last stride − 1 unused
     starts = {}
-    loader = dali_pipes.pretrain_loader(out, 2, num_sample=2, seed=3, **OPTS)
+    loader = make_loader(out, 2, num_sample=2, seed=3)
     for _ in range(3):  # epochs: fresh starts each time
         for batch in loader:
             for clip, key in zip(batch["video"].numpy(), batch["keys"]):
@@ -48,7 +58,7 @@ def test_frames_follow_start_stride_rule_and_short_clips_repeat_last(dataset):
                 assert (got == frame_indices(start, n, T, STRIDE)).all(), (key, n, got)
                 starts.setdefault(key, set()).add(start)
     for key, meta in metas.items():  # short clips start at 0 and end on their repeated last frame
-        if meta["num_frames"] < span:
+        if meta["num_frames"] <= span:
             assert starts[key] == {0}
     assert any(len(s) > 1 for s in starts.values()), "start frames never vary"
 
@@ -58,7 +68,7 @@ def test_crops_are_multiscale_with_13_offsets_and_shared_decode(dataset):
     allowed = [(x, y, w, h) for w, h in crop_size_pairs(WIDTH, HEIGHT, SIZE)
                for x, y in fix_offsets(WIDTH, HEIGHT, w, h)]
     seen = set()
-    for batch in dali_pipes.pretrain_loader(out, 2, num_sample=3, seed=5, **OPTS):
+    for batch in make_loader(out, 2, num_sample=3, seed=5):
         video = batch["video"].numpy()
         assert video.shape == (6, T, SIZE, SIZE, 3) and video.dtype == np.uint8
         for b in range(2):  # the 3 crops of a sample come from one decode: same frames
@@ -76,7 +86,7 @@ def test_masks_have_spec_counts_and_patterns(vp9_16):
     out, _ = vp9_16
     counts = mask_counts((4, 4, 4), 0.9, 0.5)
     assert counts == {"visible_idx": 8, "query_idx": 32, "loss_idx": 28}
-    loader = dali_pipes.pretrain_loader(out, 4, num_sample=4, seed=1, **OPTS)
+    loader = make_loader(out, 4, num_sample=4, seed=1)
     phases = set()
     batch = next(iter(loader))
     for name, count in counts.items():
@@ -108,7 +118,7 @@ def test_dali_decode_matches_pyav(dataset):
     frame of the same index.
     """
     out, metas = dataset
-    shards = dali_pipes.manifest.open_shards(out)
+    shards = open_shards(out)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def whole_clips():
@@ -132,7 +142,7 @@ def test_dali_decode_matches_pyav(dataset):
 
 def test_every_sample_once_per_epoch_across_two_ranks(vp9_16):
     out, metas = vp9_16
-    loaders = [dali_pipes.pretrain_loader(out, 4, num_sample=2, rank=r, world_size=2, seed=7, **OPTS)
+    loaders = [make_loader(out, 4, num_sample=2, rank=r, world_size=2, seed=7)
                for r in range(2)]
     assert [len(x) for x in loaders] == [2, 2]
     for _ in range(2):
@@ -148,7 +158,7 @@ def test_uneven_split_pads_ranks_to_equal_length(dataset):
     out, metas = dataset  # 8 samples, 3 ranks, batches of 2: 3 per rank, ceil(3/2) = 2 batches
     seen = []
     for rank in range(3):
-        loader = dali_pipes.pretrain_loader(out, 2, num_sample=1, rank=rank, world_size=3, **OPTS)
+        loader = make_loader(out, 2, num_sample=1, rank=rank, world_size=3)
         batches = list(loader)
         assert len(batches) == len(loader) == 2
         seen += [k for b in batches for k in b["keys"]]
@@ -159,7 +169,7 @@ def test_resume_continues_with_identical_batches(vp9_16):
     out, _ = vp9_16
 
     def make():
-        return dali_pipes.pretrain_loader(out, 4, num_sample=2, seed=11, **OPTS)
+        return make_loader(out, 4, num_sample=2, seed=11)
 
     def stream(loader, n):
         got = []
@@ -189,7 +199,7 @@ def test_resume_continues_with_identical_batches(vp9_16):
 def test_batches_stay_valid_while_the_pipeline_runs_on(vp9_16):
     """Zero-copy outputs must not be overwritten by later iterations."""
     out, _ = vp9_16
-    loader = dali_pipes.pretrain_loader(out, 4, num_sample=1, seed=2, prefetch=2, **OPTS)
+    loader = make_loader(out, 4, num_sample=1, seed=2, prefetch=2)
     kept = [(b["video"], b["video"].clone(), b["masks"]["visible_idx"].clone(), b["masks"]["visible_idx"])
             for _ in range(2) for b in loader]
     for video, copy, vis_copy, vis in kept:
@@ -207,11 +217,11 @@ def test_missing_shard_and_index_mismatch_are_named(vp9_16, tmp_path):
     good_index = idxs[0].read_bytes()
     shutil.copy(idxs[1], idxs[0])  # an index that belongs to another shard
     with pytest.raises(dali_pipes.DatasetError, match=idxs[0].name + ".*rebuild"):
-        dali_pipes.pretrain_loader(broken, 4, **OPTS)
+        make_loader(broken, 4)
     idxs[0].write_bytes(good_index)
     tars[1].unlink()
     with pytest.raises(dali_pipes.DatasetError, match=tars[1].name + ".*missing"):
-        dali_pipes.pretrain_loader(broken / "manifest.json", 4, **OPTS)
+        make_loader(broken / "manifest.json", 4)
 
 
 def test_corrupt_sample_is_reported_by_key(tmp_path):
@@ -226,10 +236,25 @@ def test_corrupt_sample_is_reported_by_key(tmp_path):
     tar.write_bytes(bytes(data))
     bad_key = name.split(".", 1)[0]
     assert bad_key in metas
-    loader = dali_pipes.pretrain_loader(out, 4, num_sample=1, shuffle=False, **OPTS)
+    loader = make_loader(out, 4, num_sample=1, shuffle=False)
     with pytest.raises(RuntimeError, match=bad_key):
         for _ in loader:
             pass
+
+
+def test_bad_metadata_is_reported_from_the_producer_by_source(tmp_path):
+    out = tmp_path / "ds"
+    make_shards(out, [20, 20, 20, 20], shard_size=10 ** 9)
+    tar = next(out.glob("*.tar"))
+    data = tar.read_bytes()
+    assert data.count(b'"num_frames"') == 4
+    tar.write_bytes(data.replace(b'"num_frames"', b'"num_framez"', 1))  # same length: the index still fits
+    loader = make_loader(out, 2, num_sample=1, shuffle=False)
+    named = r"reading samples from .*\.tar:\d+:.*lacks integer \['num_frames'\].*repack"
+    with pytest.raises(RuntimeError, match=named):
+        for _ in loader:
+            pass
+    loader.close()
 
 
 def test_bad_sizes_and_strides_are_rejected(vp9_16, tmp_path):
@@ -237,21 +262,43 @@ def test_bad_sizes_and_strides_are_rejected(vp9_16, tmp_path):
     import shutil
 
     out, _ = vp9_16
-    with pytest.raises(ValueError, match="multiple of 8"):
-        dali_pipes.pretrain_loader(out, 4, **{**OPTS, "img_size": 36})
+    with pytest.raises(ValueError, match="multiple of 8"):  # fails when the config is made, before any pipeline
+        replace(CFG, img_size=36)
+    with pytest.raises(ValueError, match="decoder_mask_ratio must be one of"):
+        replace(CFG, decoder_mask_ratio=0.4)
+    with pytest.raises(ValueError, match=r"encoder_mask_ratio must be in \[0, 1\)"):
+        replace(CFG, encoder_mask_ratio=1.0)
+    with pytest.raises(ValueError, match="num_sample must be a positive integer"):
+        replace(CFG, num_sample=0)
+    with pytest.raises(TypeError, match="SamplingConfig"):
+        dali_pipes.pretrain_loader(out, 4, {"num_frames": 8}, device="cpu")
     thinned = tmp_path / "thinned"  # as if packed with --frame-stride 2
     shutil.copytree(out, thinned)
     manifest = json.loads((thinned / "manifest.json").read_text())
     (thinned / "manifest.json").write_text(json.dumps({**manifest, "frame_stride": 2}))
     with pytest.raises(ValueError, match="stride 3.*frame_stride 2"):
-        dali_pipes.pretrain_loader(thinned, 4, **{**OPTS, "stride": 3})
-    assert dali_pipes.pretrain_loader(thinned, 4, **{**OPTS, "stride": 4}).cfg.stored_stride == 2
+        make_loader(thinned, 4, cfg=replace(CFG, stride=3))
+    assert make_loader(thinned, 4, cfg=replace(CFG, stride=4)).recipe.stored_stride == 2
+
+
+def test_close_stops_the_producer_and_frees_both_pipelines(vp9_16):
+    out, _ = vp9_16
+    loader = make_loader(out, 4, num_sample=1, seed=4)
+    next(iter(loader))
+    pipes = [weakref.ref(loader._clips), weakref.ref(loader._producer.stage.pipe)]
+    thread = loader._producer.thread
+    loader.close()
+    gc.collect()
+    assert not thread.is_alive()
+    assert [p() for p in pipes] == [None, None]  # DALI shuts a pipeline down when it is freed
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC decode, device outputs)")
 def test_gpu_batches_live_on_the_gpu(vp9_16):
     out, metas = vp9_16
-    loader = dali_pipes.pretrain_loader(out, 4, num_sample=2, **{**OPTS, "device": None})
+    loader = make_loader(out, 4, num_sample=2, device=None)
     batch = next(iter(loader))
     assert batch["video"].is_cuda and batch["video"].shape == (8, T, SIZE, SIZE, 3)
     assert all(m.is_cuda for m in batch["masks"].values())

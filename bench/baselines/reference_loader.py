@@ -10,15 +10,15 @@ as dali_pipes.pretrain_loader's; the video is moved to the device in the main pr
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dali_pipes.manifest import open_shards
-from dali_pipes.sampling import SamplingConfig, frame_indices, parse_meta, sample_params
+from dali_pipes.sampling import SamplingConfig, draw_pretrain_batch, frame_indices, parse_meta
+from dali_pipes.shards import open_shards
+from shard_tools.index import parse_index
 
 try:
     import decord
@@ -61,11 +61,13 @@ class ShardVideos(Dataset):
     def __init__(self, data, cfg: SamplingConfig, seed: int = 0):
         shards = open_shards(data)
         self.cfg, self.seed, self.epoch = cfg, seed, 0
+        self.stored_stride = shards.stored_stride(cfg.stride)
         self.items = []  # (tar path, video offset, video size, json offset, json size, key)
         for tar, idx in zip(shards.tar_paths, shards.index_paths):
-            for line in open(idx, encoding="utf-8").read().splitlines()[1:]:
-                f = line.split()
-                members = {f[i]: (int(f[i + 1]), int(f[i + 2]), f[i + 3]) for i in range(0, len(f) - 3, 4)}
+            with open(idx, encoding="utf-8") as f:
+                samples = parse_index(f.read())
+            for sample in samples:
+                members = {ext: (offset, size, name) for ext, offset, size, name in sample}
                 meta = members.pop("json")
                 video = next(iter(members.values()))
                 self.items.append((tar, video[0], video[1], meta[0], meta[1], meta[2].split(".", 1)[0]))
@@ -81,12 +83,11 @@ class ShardVideos(Dataset):
             f.seek(j_off)
             meta = parse_meta(f.read(j_size))
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        p = sample_params(meta, rng, self.cfg)
-        idx = frame_indices(p["start"], meta["num_frames"], self.cfg.num_frames, self.cfg.stored_stride)
+        p = {k: v[0] for k, v in draw_pretrain_batch([meta], rng, self.cfg, self.stored_stride).items()}
+        idx = frame_indices(int(p["start"]), meta["num_frames"], self.cfg.num_frames, self.stored_stride)
         frames = decode_frames(encoded, idx)
         video = np.stack([multiscale_crop_resize(frames, box, self.cfg.img_size) for box in p["boxes"]])
-        label = -1 if meta.get("label") is None else int(meta["label"])
-        return {"video": torch.from_numpy(video), "key": key, "label": label,
+        return {"video": torch.from_numpy(video), "key": key, "label": int(p["label"]),
                 **{k: torch.from_numpy(p[k]) for k in ("visible_idx", "query_idx", "loss_idx")}}
 
 
@@ -99,34 +100,14 @@ def _collate(samples):
             "label": torch.tensor([s["label"] for s in samples]).repeat_interleave(n)}
 
 
-class _RankSampler(torch.utils.data.Sampler):
-    """DistributedSampler's split: a seeded permutation per epoch, padded to equal rank lengths."""
-
-    def __init__(self, size, rank, world_size, seed):
-        self.size, self.rank, self.world_size, self.seed, self.epoch = size, rank, world_size, seed, 0
-        self.per_rank = math.ceil(size / world_size)
-
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        order += order[: self.per_rank * self.world_size - self.size]
-        return iter(order[self.rank::self.world_size])
-
-    def __len__(self):
-        return self.per_rank
-
-
 class ReferenceLoader:
     """Iterable of batches (one epoch per iteration), same fields as dali_pipes.pretrain_loader."""
 
-    def __init__(self, data, batch_size, *, num_sample=4, num_frames=16, img_size=224, device="cpu", rank=0,
-                 world_size=1, seed=0, stride=4, patch_size=16, encoder_mask_ratio=0.9, decoder_mask_ratio=0.5,
+    def __init__(self, data, batch_size, sampling: SamplingConfig, *, device="cpu", rank=0, world_size=1, seed=0,
                  num_workers=2):
-        shards = open_shards(data)
-        cfg = SamplingConfig(num_frames=num_frames, stored_stride=shards.stored_stride(stride), img_size=img_size,
-                             num_sample=num_sample, patch_size=patch_size, encoder_mask_ratio=encoder_mask_ratio,
-                             decoder_mask_ratio=decoder_mask_ratio)
-        self.dataset = ShardVideos(data, cfg, seed)
-        self.sampler = _RankSampler(len(self.dataset), rank, world_size, seed)
+        self.dataset = ShardVideos(data, sampling, seed)
+        # The stock piece: a seeded permutation per epoch, padded by repetition to equal rank lengths.
+        self.sampler = DistributedSampler(self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         self.device = torch.device(device)
         self.loader = DataLoader(self.dataset, batch_size, sampler=self.sampler, num_workers=num_workers,
                                  collate_fn=_collate, drop_last=False, pin_memory=self.device.type == "cuda",
@@ -137,7 +118,8 @@ class ReferenceLoader:
         return len(self.loader)
 
     def __iter__(self):
-        self.sampler.epoch = self.dataset.epoch = self.epoch
+        self.sampler.set_epoch(self.epoch)
+        self.dataset.epoch = self.epoch
         for batch in self.loader:
             batch["video"] = batch["video"].to(self.device, non_blocking=True)
             batch["masks"] = {k: v.to(self.device, non_blocking=True) for k, v in batch["masks"].items()}

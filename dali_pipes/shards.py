@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shard_tools.format import MANIFEST_NAME, VIDEO_EXTS, read_manifest, stored_stride
+from shard_tools.index import parse_index
 
 
 class DatasetError(Exception):
@@ -32,18 +33,13 @@ class ShardSet:
         return stored_stride(train_stride, self.frame_stride)
 
 
-def _index_samples(idx_path: Path) -> tuple[int, list[list[tuple[str, int, int, str]]]]:
-    """(header count, [[(ext, data offset, size, member name), ...] per sample]) of a wds2idx v1.2 index."""
-    lines = idx_path.read_text(encoding="utf-8").splitlines()
-    if not lines or len(lines[0].split()) != 2 or lines[0].split()[0] != "v1.2":
-        raise DatasetError(f"{idx_path}: not a DALI webdataset index (v1.2); rebuild it with "
-                           f"`wds2idx {idx_path.with_suffix('.tar')} {idx_path}` or repack")
-    samples = []
-    for line in lines[1:]:
-        f = line.split()
-        if f:
-            samples.append([(f[i], int(f[i + 1]), int(f[i + 2]), f[i + 3]) for i in range(0, len(f) - 3, 4)])
-    return int(lines[0].split()[1]), samples
+def _index_samples(idx_path: Path) -> list[list[tuple[str, int, int, str]]]:
+    """[[(ext, data offset, size, member name), ...] per sample] of a wds2idx v1.2 index file."""
+    try:
+        return parse_index(idx_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DatasetError(f"{idx_path}: not a DALI webdataset index (v1.2): {err}; rebuild it with "
+                           f"`wds2idx {idx_path.with_suffix('.tar')} {idx_path}` or repack") from err
 
 
 def _check_index_matches_tar(tar: Path, idx: Path, samples) -> None:
@@ -81,10 +77,11 @@ def open_shards(data) -> ShardSet:
         if "bytes" in shard and tar.stat().st_size != shard["bytes"]:
             raise DatasetError(f"{tar}: {tar.stat().st_size} bytes but the manifest says {shard['bytes']}; "
                                f"the shard was changed or truncated after packing; repack it")
-        count, samples = _index_samples(idx)
+        samples = _index_samples(idx)
         exts = [[m[0] for m in members] for members in samples]
-        if count != shard["num_samples"] or len(exts) != count:
-            raise DatasetError(f"{idx}: index lists {len(exts)} samples (header {count}) but the manifest says "
+        count = len(samples)
+        if count != shard["num_samples"]:
+            raise DatasetError(f"{idx}: index lists {count} samples but the manifest says "
                                f"{shard['num_samples']} for {shard['tar']}; the index does not belong to this "
                                f"shard: rebuild it with `wds2idx {tar} {idx}` or repack")
         for n, sample_exts in enumerate(exts):
