@@ -96,8 +96,11 @@ def report_text(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         recon = (f"{r['first_logged_loss']:.4f} → {r['final_recon_loss']:.4f}" if "final_recon_loss" in r else "–")
-        versus = (f"{r['vs_scratch']:+.1f} ± {r['vs_scratch_se']:.1f} ({r['vs_scratch'] / r['vs_scratch_se']:.1f} SE)"
-                  if "vs_scratch" in r else "–")
+        versus = "–"
+        if "vs_scratch" in r:
+            versus = f"{r['vs_scratch']:+.1f} ± {r['vs_scratch_se']:.1f}"
+            if r["vs_scratch_se"] > 0:
+                versus += f" ({r['vs_scratch'] / r['vs_scratch_se']:.1f} SE)"
         commit = r["git_commit"] + (" (dirty)" if r["git_dirty"] else "")
         lines.append(f"| {TITLES[r['setting']]} | {r.get('pretrain_gflops_per_clip', 0.0):.2f} | "
                      f"{r.get('pretrain_steps', 0)} | {r.get('pretrain_wall_s', 0.0):.0f} | {recon} | "
