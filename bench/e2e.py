@@ -61,27 +61,14 @@ class UtilisationSampler:
                 "nvdec_util_pct": statistics.median(s[1] for s in self.samples)}
 
 
-def config_api():
-    """(pretrain_config, parse_set_args, the config key that sets no warmup) of this vmae2."""
-    try:
-        from vmae2.config import pretrain_config
-        from vmae2.overrides import parse_set_args
-
-        return pretrain_config, parse_set_args, {"warmup_fraction": 0.0}
-    except ImportError:  # the layout before vmae2.config held the training configs
-        from vmae2.train_config import parse_set_args, pretrain_config
-
-        return pretrain_config, parse_set_args, {"warmup_steps": 0}
-
-
 def run_e2e(data: str, preset: str, steps: int, overrides: dict, keep_dir: str | None = None) -> dict:
+    from vmae2.config import pretrain_config
     from vmae2.train import train
 
-    pretrain_config, _, no_warmup = config_api()
     run_dir = keep_dir or tempfile.mkdtemp(prefix="vmae2-e2e-")
     try:
         log_every = max(1, steps // 8)
-        settings = {"data": data, "out_dir": run_dir, "total_steps": steps, **no_warmup,
+        settings = {"data": data, "out_dir": run_dir, "total_steps": steps, "warmup_fraction": 0.0,
                     "log_every": log_every, "save_every": 10 * steps, "progress": False, "tensorboard": False}
         cfg = pretrain_config(preset, {**settings, **overrides})
         with UtilisationSampler() as sampler:
@@ -111,7 +98,9 @@ def run_e2e(data: str, preset: str, steps: int, overrides: dict, keep_dir: str |
               help="Training config overrides, as in vmae2-train.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write rows and environment as JSON here.")
 def main(data, preset, steps, set_args, json_path):
-    overrides = config_api()[1](set_args)
+    from vmae2.overrides import parse_set_args
+
+    overrides = parse_set_args(set_args)
     rows = []
     for path in data:
         row = {"data": path, **run_e2e(path, preset, steps, overrides)}

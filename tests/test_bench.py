@@ -55,47 +55,8 @@ def test_e2e_runs_the_real_loop_on_synthetic_shards(tmp_path):
     assert row["final_loss"] == row["final_loss"]                 # finite, not NaN
 
 
-def test_budget_probe_pretrains_finetunes_and_reports(tmp_path):
-    """bench.budget end to end at toy size: weights it saves load into the classifier."""
-    from bench import budget
-
-    runner, out = CliRunner(), tmp_path / "budget"
-    result = runner.invoke(budget.main, ["pretrain", "--out", str(out), "--steps", "4", "--videos", "2",
-                                         "--save-every", "2"])
-    assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.glob("*.pt")) == ["pretrain-dec0.5-2.pt", "pretrain-dec0.5-4.pt"]
-    for init in ("", str(out / "pretrain-dec0.5-4.pt")):
-        result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--init", init, "--steps", "2",
-                                             "--videos", "2", "--val-videos", "3"])
-        assert result.exit_code == 0, result.output
-    result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--steps", "2", "--videos", "2",
-                                         "--val-videos", "3", "--label", "shape", "--lr", "5e-4"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--steps", "2", "--videos", "2",
-                                         "--val-videos", "3", "--label", "shape", "--arch", "cnn"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--arch", "cnn", "--init", init])
-    assert result.exit_code == 2 and "--arch cnn trains from scratch only" in result.output
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune", "finetune"]
-    assert [r["label"] for r in rows[1:]] == ["motion", "motion", "shape", "shape"]
-    assert [r["arch"] for r in rows[1:]] == ["vit", "vit", "vit", "cnn"]
-    assert rows[1]["init_report"] == "from scratch" and rows[2]["init_report"].startswith("loaded 54 tensors")
-    assert all(r["top1"] in (0.0, 100 / 3, 200 / 3, 100.0) for r in rows[1:])
-    result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
-    assert result.exit_code == 0, result.output
-    report = (tmp_path / "rep" / "budget.md").read_text()
-    assert "| motion (12.5 %) | pretrain-dec0.5-4.pt | 0.001 | 2 | 2 | 3 |" in report
-    assert "| shape (25.0 %) | scratch | 0.0005 | 2 | 2 | 3 |" in report
-    assert "| shape (25.0 %) | scratch (3D CNN) | 0.001 | 2 | 2 | 3 |" in report
-    (tmp_path / "rep" / "budget.md").write_text(report + f"\n{budget.NOTES_MARK}\n\nWhat the rows show.\n")
-    result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "rep" / "budget.md").read_text() == report + f"\n{budget.NOTES_MARK}\n\nWhat the rows show.\n"
-
-
 def test_shape_label_is_drawn_apart_from_the_motion_label():
-    """clip_shape (bench.budget's appearance label) reads the clip's own draw and is independent of its class."""
+    """clip_shape (the budget probe's appearance label) reads the clip's own draw, independent of its class."""
     from shard_tools.synth import CLASSES, SHAPES, clip_shape
 
     shapes = [clip_shape(0, i, 64, 48) for i in range(64)]

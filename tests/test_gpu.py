@@ -19,7 +19,7 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-DECODE_SETS = ["h264-test", "hevc-test", "vp9-test"]
+DECODE_SETS = ["h264-coded", "hevc-coded", "vp9-coded"]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,14 @@ def shards(tmp_path_factory) -> Path:
         except RuntimeError as err:
             pytest.skip(f"no shard sets: {err}")
     return root
+
+
+def open_shards(root: Path):
+    try:
+        from dali_pipes.shards import open_shards
+    except ImportError:  # before dali_pipes.manifest became dali_pipes.shards
+        from dali_pipes.manifest import open_shards
+    return open_shards(root)
 
 
 # ---- NVDEC against a CPU reference decoder ----------------------------------------------------------
@@ -79,7 +87,6 @@ def nvdec_samples(root: Path, start: int, num_frames: int, stride: int, count: i
     from nvidia.dali import pipeline_def
 
     from dali_pipes import graph
-    from dali_pipes.manifest import open_shards
 
     shards = open_shards(root)
 
@@ -104,32 +111,45 @@ def nvdec_samples(root: Path, start: int, num_frames: int, stride: int, count: i
 def test_nvdec_decodes_frame_for_frame_like_the_cpu_reference(shards, name, start, num_frames, stride):
     """NVDEC (DALI mixed) and a CPU decoder give the same frames, from the start and after a seek.
 
-    Tolerance: mean |diff| < 3 and 99.9th percentile ≤ 16 per 8-bit value, not exact: NVDEC's
-    YUV 4:2:0 → RGB conversion (chroma upsampling, rounding) is DALI's own kernel, the reference's
-    is FFmpeg's swscale, and both round differently (on the CPU, DALI vs PyAV measured mean ≈ 1.4,
-    max 6). That the frames are the same frames, in order, is checked exactly: each decoded frame is
-    nearest to the reference frame of its own index among all frames of the video.
+    The clips say which frame they are (bench.gpu.shards.coded_frames), so the frame sequence is
+    checked exactly, against the start + i·stride rule with the last frame repeated past the end.
+    Pixel values within mean |diff| < 2.5 and max ≤ 12 per 8-bit value, not exact: NVDEC's YUV
+    4:2:0 → RGB conversion is DALI's own kernel, the reference's is FFmpeg's swscale (or decord's /
+    OpenCV's build of it), and they upsample chroma and round differently (DALI's CPU decoder against
+    PyAV on these VP9 clips: mean 1.2, max 5).
     """
-    for ours, encoded in nvdec_samples(shards / name, start, num_frames, stride, count=3):
+    from bench.gpu.shards import coded_frame_numbers
+
+    for ours, encoded in nvdec_samples(shards / name, start, num_frames, stride, count=4):
         all_theirs, decoder = reference_frames(encoded)
         wanted = np.minimum(start + stride * np.arange(num_frames), len(all_theirs) - 1)
+        assert coded_frame_numbers(ours).tolist() == wanted.tolist(), (name, decoder)
+        assert coded_frame_numbers(all_theirs).tolist() == list(range(len(all_theirs))), (name, decoder)
         theirs = all_theirs[wanted].astype(int)
         assert ours.shape == theirs.shape, (name, decoder, ours.shape, theirs.shape)
         diff = np.abs(ours.astype(int) - theirs)
-        assert diff.mean() < 3 and np.percentile(diff, 99.9) <= 16, (name, decoder, diff.mean(), diff.max())
-        nearest = [int(np.abs(all_theirs.astype(int) - f.astype(int)).mean(axis=(1, 2, 3)).argmin()) for f in ours]
-        assert nearest == wanted.tolist(), (name, decoder, nearest)
+        assert diff.mean() < 2.5 and diff.max() <= 12, (name, decoder, diff.mean(), diff.max())
 
 
 # ---- the mixed-device loader --------------------------------------------------------------------------
 
-LOADER = dict(num_sample=2, num_frames=8, img_size=64, stride=2, patch_size=16, device="cuda", num_threads=2)
+SAMPLING = dict(num_sample=2, num_frames=8, img_size=64, stride=2, patch_size=16)
 
 
-def make_loader(root: Path, **kw):
+def make_loader(root: Path, prefetch: int = 2):
+    """dali_pipes.pretrain_loader(data, batch_size, sampling, *, device, rank, world_size, seed, ...)."""
+    import inspect
+
     import dali_pipes
 
-    return dali_pipes.pretrain_loader(root / "h264-test", 2, seed=11, **{**LOADER, **kw})
+    if "sampling" in inspect.signature(dali_pipes.pretrain_loader).parameters:
+        from dali_pipes.sampling import SamplingConfig
+
+        return dali_pipes.pretrain_loader(root / "h264-test", 2, SamplingConfig(**SAMPLING), device="cuda", seed=11,
+                                          num_threads=2, prefetch=prefetch)
+    # the keyword form before SamplingConfig was the loader's argument
+    return dali_pipes.pretrain_loader(root / "h264-test", 2, device="cuda", seed=11, num_threads=2,
+                                      prefetch=prefetch, **SAMPLING)
 
 
 def take(loader, n: int) -> list[dict]:
@@ -281,7 +301,7 @@ def test_ddp_and_fsdp2_on_nccl_with_one_rank_match_the_plain_model(nccl_one_rank
 
 
 class DeviceFakeLoader:
-    """tests/test_train_loop.FakeLoader with its batches on the GPU (a NaN in one of them)."""
+    """tests/conftest.FakeLoader with its batches on the GPU (a NaN in one of them)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -297,12 +317,12 @@ class DeviceFakeLoader:
 
     def __iter__(self):
         for batch in self.loader:
-            yield {**batch, "video": batch["video"].cuda(),
+            yield {**batch, "video": batch["video"].cuda(), "label": batch["label"].cuda(),
                    "masks": {k: v.cuda() for k, v in batch["masks"].items()}}
 
 
 def test_nonfinite_guard_skips_on_the_device_and_stops_past_the_limit(tmp_path):
-    from test_train_loop import fake_loader, small_config
+    from conftest import fake_loader, small_config
 
     from vmae2.train import NonFiniteLoss, train
 
