@@ -88,6 +88,15 @@ def test_checkpoint_folder_and_run_folder_load(tmp_path):
         assert_same(target.state_dict(), source.state_dict())
         assert read_weights(where)[1] == {"model": TINY_MODEL}
     assert "checkpoint folder" in read_source(run).kind
+    # a finished run's final weights (e.g. the EMA of a fine-tuning run) win over its last checkpoint ...
+    final = tiny_pretrain(2)
+    torch.save(final.state_dict(), run / "finetune_final.pt")
+    (run / "config.json").write_text(json.dumps({"model": TINY_MODEL, "ema_decay": 0.999}))
+    assert_same(read_weights(run)[0], final.state_dict())
+    assert read_weights(run)[1]["ema_decay"] == 0.999
+    # ... unless a resumed run wrote a newer checkpoint since
+    os.utime(run / "finetune_final.pt", (0, 0))
+    assert_same(read_weights(run)[0], source.state_dict())
 
 
 def test_classifier_feature_extractor_leaves_head_at_init(tmp_path):

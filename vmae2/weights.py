@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -34,6 +33,7 @@ from . import checkpoint, distributed
 from .optim import clean_name
 
 FINAL_WEIGHTS = "pretrain_final.pt"   # a pre-training run's weights, beside its checkpoints
+FINAL_NAMES = (FINAL_WEIGHTS, "finetune_final.pt")   # a run's final weights, by task
 WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
 HUB_PREFIX = "hf://"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")   # in the order a folder's single file is picked
@@ -208,7 +208,11 @@ def export_weights(model: nn.Module, path, env: distributed.DistEnv) -> None:
 
 
 def resolve_weights(source) -> Path:
-    """A checkpoint folder or .pt file from a run folder, a checkpoint folder or a .pt file."""
+    """A checkpoint folder or .pt file from a run folder, a checkpoint folder or a .pt file.
+
+    In a run folder the run's final weights (`pretrain_final.pt`, `finetune_final.pt`: the EMA weights
+    where the run kept an EMA) win over its newest checkpoint unless that checkpoint is newer (a resumed run).
+    """
     path = Path(source)
     if path.is_file():
         return path
@@ -216,12 +220,14 @@ def resolve_weights(source) -> Path:
         return path
     if path.is_dir():
         latest = checkpoint.latest_checkpoint(path)
+        final = next((path / n for n in FINAL_NAMES if (path / n).is_file()), None)
+        if final is not None and (latest is None or final.stat().st_mtime >= (latest / "meta.json").stat().st_mtime):
+            return final
         if latest is not None:
             return latest
-        if (path / FINAL_WEIGHTS).is_file():
-            return path / FINAL_WEIGHTS
-        raise FileNotFoundError(f"{path}: no checkpoint (ckpt-*/ with meta.json) and no {FINAL_WEIGHTS}; "
-                                f"pass a run folder of `vmae2-train pretrain`, a checkpoint folder or a .pt file")
+        raise FileNotFoundError(f"{path}: no checkpoint (ckpt-*/ with meta.json) and no {' or '.join(FINAL_NAMES)}; "
+                                f"pass a run folder of `vmae2-train pretrain` or `finetune`, a checkpoint folder or "
+                                f"a weights file")
     raise FileNotFoundError(f"{path} does not exist")
 
 
@@ -231,16 +237,7 @@ def read_model_state(source) -> tuple[dict[str, torch.Tensor], dict | None]:
 
 
 def _read_dcp(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    config = json.loads((path / "config.json").read_text())
-    metadata = dcp.FileSystemReader(str(path)).read_metadata()
-    keys = [k for k in metadata.state_dict_metadata if k.startswith("model.")]
-    state = {}
-    for key in keys:
-        info = metadata.state_dict_metadata[key]
-        state[key] = torch.empty(info.size, dtype=info.properties.dtype)
-    with checkpoint.single_process_quiet():
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    return {k[len("model."):]: v for k, v in state.items()}, config
+    return checkpoint.read_model_state(path), json.loads((path / "config.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,7 +289,7 @@ def read_source(source) -> Weights:
     else:
         path = Path(name)
     if path.is_dir() and not (path / "meta.json").is_file() and checkpoint.latest_checkpoint(path) is None \
-            and not (path / FINAL_WEIGHTS).is_file():
+            and not any((path / n).is_file() for n in FINAL_NAMES):
         path = _pick_weights_file(path, name)
     path = resolve_weights(path)
     if path.is_dir():
