@@ -65,7 +65,8 @@ def env_header(env: dict | None) -> str:
     parts = [f"hardware: {hw} ({env.get('cpu_count')} CPU cores)",
              f"driver {env['driver']}" if env.get("driver") else None,
              f"torch {env.get('torch')}", f"DALI {env.get('dali')}" if env.get("dali") else None,
-             f"python {env.get('python')}", f"commit `{env.get('git_commit')}`", env.get("time_utc")]
+             f"python {env.get('python')}", f"commit `{str(env.get('git_commit')).removesuffix('+dirty')}`",
+             env.get("time_utc")]
     text = "; ".join(p for p in parts if p)
     if env.get("command"):
         text += f"\n\n    {env['command']}"

@@ -99,12 +99,16 @@ def test_report_flags_dirty_sections_and_keeps_notes(tmp_path):
     env = {"cpu": "x", "cpu_count": 2, "torch": "2", "python": "3", "git_commit": "abc1234", "git_dirty": False}
     write_json(dev / "clean.json", {"bench": "e2e", "env": env, "rows": [{"clips_per_s": 1.5}]})
     write_json(dev / "dirty.json", {"bench": "e2e", "env": {**env, "git_dirty": True}, "rows": [{"clips_per_s": 2.5}]})
+    old = {**env, "git_commit": "abc1234+dirty"}
+    del old["git_dirty"]                                   # JSON written before the flag existed
+    write_json(dev / "old.json", {"bench": "e2e", "env": old, "rows": [{"clips_per_s": 3.5}]})
     result = CliRunner().invoke(report.main, ["--folder", str(dev)])
     assert result.exit_code == 0, result.output
     assert "dirty.json was measured on a tree with uncommitted changes" in result.output
+    assert "old.json was measured on a tree with uncommitted changes" in result.output
     assert "clean.json was measured" not in result.output
     text = (dev / "README.md").read_text()
-    assert text.count(DIRTY_WARNING) == 1 and "+dirty" not in text
+    assert text.count(DIRTY_WARNING) == 2 and "+dirty" not in text
     assert text.index(DIRTY_WARNING) > text.index("`dirty.json`") > text.index("`clean.json`")
     (dev / "README.md").write_text(text + "\nhand-written\n")
     assert CliRunner().invoke(report.main, ["--folder", str(dev)]).exit_code == 0
