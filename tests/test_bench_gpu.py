@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -107,3 +108,29 @@ def test_missing_shards_without_pyav_name_the_fix(tmp_path, monkeypatch):
         assert "h264-320p" in str(err)
     else:
         raise AssertionError("expected a RuntimeError")
+
+
+def test_coded_clips_say_which_frame_they_are_after_encoding(tmp_path):
+    """The decode-test clips survive H.264 and VP9 encoding with every frame's number readable."""
+    import av
+    import numpy as np
+
+    from bench.gpu.shards import ShardSpec, coded_frame_numbers, coded_frames, make_coded_set
+    from shard_tools.format import VIDEO_EXTS
+
+    assert coded_frame_numbers(coded_frames(33, 16, 24)).tolist() == list(range(33))
+    for codec in ("h264", "vp9"):
+        make_coded_set(tmp_path / codec, ShardSpec(codec, 2, 12, 192, 144, "test", coded=True), progress=False)
+        manifest = json.loads((tmp_path / codec / "manifest.json").read_text())
+        assert manifest["codecs"] == {codec: 2}
+        lengths = []
+        for tar_path in sorted((tmp_path / codec).glob("*.tar")):
+            with tarfile.open(tar_path) as tar:
+                for member in tar:
+                    if member.name.rsplit(".", 1)[-1] in VIDEO_EXTS:
+                        with av.open(tar.extractfile(member)) as container:
+                            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+                        assert coded_frame_numbers(frames).tolist() == list(range(len(frames)))
+                        assert np.abs(frames.astype(int) - coded_frames(len(frames), 144, 192)).mean() < 1.5
+                        lengths.append(len(frames))
+        assert sorted(lengths) == [11, 12]                 # clip i has frames − i % 4

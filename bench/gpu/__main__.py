@@ -1,4 +1,6 @@
-"""`python -m bench.gpu`: the acceptance run on a CUDA GPU (or, with --dry-run, on a CPU at toy sizes)."""
+"""The acceptance run on one CUDA GPU: GPU tests, step benches (ViT-B/L, ViT-g under FSDP2), the loader
+and end-to-end benches and an epoch projection, each under its own time budget, gathered into one
+README. --dry-run runs it all on a CPU at toy sizes. See bench/gpu/README.md."""
 from __future__ import annotations
 
 import os
