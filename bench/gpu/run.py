@@ -104,18 +104,18 @@ def plan(shards: Path, dry_run: bool) -> list[Part]:
         return python_m("bench.epoch", *args)
 
     return [
-        Part("gpu_tests", 150, lambda out: python_m(
+        Part("gpu_tests", 140, lambda out: python_m(
             "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", test_env,
             f"--junitxml={out / 'gpu_tests.xml'}"), needs_dali=True),
-        Part("step", 100, lambda out: python_m(
+        Part("step", 90, lambda out: python_m(
             "bench.step", *step, "--compile", "off", "--checkpointing", "off", "--no-max-batch",
             "--json", str(out / "step.json"))),
-        Part("step_vit_g", 60, lambda out: python_m(
+        Part("step_vit_g", 75, lambda out: python_m(
             "bench.step", *big, "--compile", "off", "--checkpointing", "on", "--fsdp", "--no-max-batch",
             "--json", str(out / "step_vit_g.json"))),
         Part("loader", 75, loader, needs_dali=True, sample_utilisation=True,
              extra={"flags_not_supported": dropped}),
-        Part("e2e", 75, lambda out: python_m("bench.e2e", *e2e, "--json", str(out / "e2e.json")),
+        Part("e2e", 80, lambda out: python_m("bench.e2e", *e2e, "--json", str(out / "e2e.json")),
              needs_dali=True, sample_utilisation=True),
         Part("epoch", 20, epoch),
     ]
