@@ -41,7 +41,7 @@ def val_shards(tmp_path_factory):
     from shard_tools.synth import make_synthetic
 
     out = tmp_path_factory.mktemp("shards") / "val"
-    make_synthetic(out, 8, codec="vp9", seed=1, num_frames=40, width=64, height=48, progress=False)
+    make_synthetic(out, 7, codec="vp9", seed=1, num_frames=40, width=64, height=48, progress=False)
     return out
 
 
@@ -72,19 +72,32 @@ def test_cli_pretrain_then_visualize_then_finetune(tmp_path, shards, val_shards)
     width, height = Image.open(png).size
     assert height >= 2 * 3 * 32 * 2 and width > 4 * 32 * 2     # 2 clips x 3 rows, 4 frames, scale 2
 
-    result = invoke(["finetune", "--preset", "tiny", "--data", shards, "--val-data", val_shards,
-                     "--out", tmp_path / "ft", "--init", run, "--steps", 2, "--set", "batch_clips=4",
-                     "--set", "warmup_fraction=0.25", "--set", "progress=false", "--set", "frame_stride=2",
-                     "--set", "device=cpu"])
+    ft = tmp_path / "ft"
+    result = invoke(["finetune", "--preset", "tiny", "--data", shards, "--val-data", val_shards, "--out", ft,
+                     "--init", run, "--steps", 2, *set_args("test_num_clips=2", "test_num_crops=2")])
     assert result.exit_code == 0, result.output
-    res = json.loads((tmp_path / "ft" / "result.json").read_text())
-    assert res["num_videos"] == 8 and 0 <= res["top1"] <= 100 and "left at init" in res["init_report"]
+    res = json.loads((ft / "result.json").read_text())
+    assert res["num_videos"] == 7 and res["views"] == "2x2"
+    assert 0 <= res["top1"] <= res["top5"] <= 100 and 0 <= res["mean_class_accuracy"] <= 100
+    assert json.loads((ft / "config.json").read_text())["init"] == str(run)
+
+    ev = tmp_path / "eval"
+    result = invoke(["eval", "--weights", ft, "--data", val_shards, "--out", ev, "--views", "2x1",
+                     "--set", "loader_threads=1", "--set", "frame_stride=2"])
+    assert result.exit_code == 0, result.output
+    res = json.loads((ev / "result.json").read_text())
+    assert res["num_videos"] == 7 and res["views"] == "2x1" and res["preset"] == "tiny"
+    predictions = [json.loads(line) for line in (ev / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 7 and len({p["key"] for p in predictions}) == 7
+    top1 = 100 * sum(p["top5"][0] == p["label"] for p in predictions) / 7
+    assert res["top1"] == pytest.approx(top1)
 
 
 def test_cli_errors_are_clear(tmp_path, shards):
     result = invoke(["pretrain", "--preset", "tiny", "--data", shards, "--out", tmp_path / "r",
                      "--set", "warmup_fraction_=0.1"])
-    assert result.exit_code == 1 and "Error: unknown config key 'warmup_fraction_'; did you mean 'warmup_fraction'" in result.output
+    assert result.exit_code == 1
+    assert "Error: unknown config key 'warmup_fraction_'; did you mean 'warmup_fraction'" in result.output
     assert "Traceback" not in result.output
     result = invoke(["pretrain", "--preset", "tiny", "--data", tmp_path / "missing", "--out", tmp_path / "r"])
     assert result.exit_code == 1 and "vmae2-shard" in result.output

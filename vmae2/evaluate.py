@@ -19,31 +19,25 @@ from . import distributed
 
 @torch.no_grad()
 def video_probabilities(model, loader, autocast) -> dict[str, tuple[int, np.ndarray]]:
-    """{key: (label, mean softmax over the video's views)} for the videos this rank's loader yields.
+    """{key: (label, softmax averaged over the video's views)} for the videos this rank's loader yields.
 
-    The loader pads ranks by repeating samples; a repeated video's views are the same views, so its mean
-    is unchanged: each key is kept once.
+    Test batches (dali_pipes.classify.test_loader) hold B videos × V views, clip-major; `valid` marks
+    the reader's padding (a repeat of a video this rank already gave), which is not counted.
     """
     was_training = model.training
     model.eval()
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    labels: dict[str, int] = {}
-    seen_views: dict[str, set] = {}
+    videos = {}
     for batch in loader:
         with autocast:
-            probs = model(batch["video"]).float().softmax(dim=-1).cpu().numpy()
-        views = batch.get("view")
-        for i, (key, label) in enumerate(zip(batch["keys"], batch["label"].tolist())):
-            view = tuple(views[i]) if views is not None else (counts.get(key, 0),)
-            if view in seen_views.setdefault(key, set()):
-                continue                                   # a padding repeat of a view already counted
-            seen_views[key].add(view)
-            sums[key] = sums.get(key, 0) + probs[i]
-            counts[key] = counts.get(key, 0) + 1
-            labels[key] = int(label)
+            probs = model(batch["video"]).float().softmax(dim=-1)
+        num_videos = len(batch["keys"])
+        probs = probs.reshape(num_videos, -1, probs.shape[-1]).mean(dim=1).cpu().numpy()   # (B, C)
+        valid = batch["valid"].tolist() if "valid" in batch else [True] * num_videos
+        for key, label, p, ok in zip(batch["keys"], batch["label"].tolist(), probs, valid):
+            if ok:
+                videos.setdefault(key, (int(label), p))
     model.train(was_training)
-    return {key: (labels[key], sums[key] / counts[key]) for key in sums}
+    return videos
 
 
 def gather_videos(local: dict) -> dict:
@@ -83,12 +77,11 @@ def evaluate_views(model, cfg, data: str, views: tuple[int, int], env, out_dir=N
     """Evaluate `model` on the labeled shards `data` with clips × crops test views; all ranks call this."""
     from dali_pipes.classify import test_loader
 
-    from .tasks import classify_config
+    from .tasks import eval_config
 
     num_clips, num_crops = views
-    loader = test_loader(data, cfg.batch_videos_per_gpu, classify_config(cfg), num_clips=num_clips,
-                         num_crops=num_crops, device=env.device, rank=env.rank, world_size=env.world_size,
-                         num_threads=cfg.loader_threads)
+    loader = test_loader(data, cfg.batch_videos_per_gpu, eval_config(cfg, views), device=env.device,
+                         rank=env.rank, world_size=env.world_size, num_threads=cfg.loader_threads)
     try:
         videos = gather_videos(video_probabilities(model, loader, distributed.autocast(cfg.precision, env.device)))
     finally:

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import optim
 from .config import FinetuneConfig, PretrainConfig, TrainConfig
+from .overrides import ConfigError
 from .model import VideoClassifier, VideoMAEv2
 
 
@@ -140,14 +141,51 @@ class Classification:
         return evaluate_views(model, self.cfg, self.cfg.val_data, views, env)
 
 
+def rand_augment_config(spec: str):
+    """timm's RandAugment spec ("rand-m7-n4-mstd0.5-inc1") as dali_pipes.views.RandAugmentConfig; "" = off.
+
+    `inc1` (timm's increasing-severity ops) is what dali_pipes implements, so it is required.
+    """
+    if not spec:
+        return None
+    from dali_pipes.views import RandAugmentConfig
+
+    parts = spec.split("-")
+    fields, names = {}, {"m": "magnitude", "n": "num_ops", "mstd": "magnitude_std"}
+    for part in parts[1:]:
+        key = next((k for k in ("mstd", "inc", "m", "n") if part.startswith(k)), None)
+        if key is None or not part[len(key):].replace(".", "", 1).isdigit():
+            raise ConfigError(f"rand_augment={spec!r}: cannot read {part!r}; expected e.g. rand-m7-n4-mstd0.5-inc1")
+        if key == "inc":
+            if part != "inc1":
+                raise ConfigError(f"rand_augment={spec!r}: only inc1 (increasing-severity ops) is implemented")
+            continue
+        value = float(part[len(key):])
+        fields[names[key]] = int(value) if key == "n" else value
+    if parts[0] != "rand" or "inc1" not in parts:
+        raise ConfigError(f"rand_augment={spec!r}: expected a timm spec like rand-m7-n4-mstd0.5-inc1")
+    return RandAugmentConfig(**fields)
+
+
 def classify_config(cfg: FinetuneConfig):
-    """The fine-tuning loader's per-sample draws for this run (dali_pipes.classify)."""
-    from dali_pipes.classify import ClassifyConfig
+    """The fine-tuning loader's per-video draws for this run (dali_pipes.classify.FinetuneConfig)."""
+    from dali_pipes import classify
+    from dali_pipes.views import EraseConfig
 
     m = cfg.model
-    return ClassifyConfig(num_frames=m.num_frames, stride=cfg.frame_stride, img_size=m.img_size,
-                          num_sample=cfg.num_sample, sampling=cfg.sampling, flip=cfg.flip,
-                          rand_augment=cfg.rand_augment, random_erase_prob=cfg.random_erase_prob)
+    return classify.FinetuneConfig(num_frames=m.num_frames, stride=cfg.frame_stride, sampling=cfg.sampling,
+                                   img_size=m.img_size, num_sample=cfg.num_sample, flip_prob=0.5 if cfg.flip else 0.0,
+                                   rand_augment=rand_augment_config(cfg.rand_augment),
+                                   erase=EraseConfig(prob=cfg.random_erase_prob) if cfg.random_erase_prob else None)
+
+
+def eval_config(cfg: FinetuneConfig, views: tuple[int, int]):
+    """The test views of this run (dali_pipes.classify.TestConfig): clips × crops at the model's size."""
+    from dali_pipes import classify
+
+    m = cfg.model
+    return classify.TestConfig(num_frames=m.num_frames, stride=cfg.frame_stride, sampling=cfg.sampling,
+                               num_clips=views[0], num_crops=views[1], short_side=m.img_size)
 
 
 def dataset_num_classes(data: str) -> int:
