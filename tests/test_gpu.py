@@ -37,14 +37,6 @@ def shards(tmp_path_factory) -> Path:
     return root
 
 
-def open_shards(root: Path):
-    try:
-        from dali_pipes.shards import open_shards
-    except ImportError:  # before dali_pipes.manifest became dali_pipes.shards
-        from dali_pipes.manifest import open_shards
-    return open_shards(root)
-
-
 # ---- NVDEC against a CPU reference decoder ----------------------------------------------------------
 
 def reference_frames(encoded: bytes) -> tuple[np.ndarray, str]:
@@ -86,7 +78,7 @@ def nvdec_samples(root: Path, start: int, num_frames: int, stride: int, count: i
     """(frames (T, H, W, 3) uint8 from the mixed decoder, encoded bytes) of the first `count` samples."""
     from nvidia.dali import pipeline_def
 
-    from dali_pipes import graph
+    from dali_pipes import graph, open_shards
 
     shards = open_shards(root)
 
@@ -137,19 +129,10 @@ SAMPLING = dict(num_sample=2, num_frames=8, img_size=64, stride=2, patch_size=16
 
 
 def make_loader(root: Path, prefetch: int = 2):
-    """dali_pipes.pretrain_loader(data, batch_size, sampling, *, device, rank, world_size, seed, ...)."""
-    import inspect
-
     import dali_pipes
 
-    if "sampling" in inspect.signature(dali_pipes.pretrain_loader).parameters:
-        from dali_pipes.sampling import SamplingConfig
-
-        return dali_pipes.pretrain_loader(root / "h264-test", 2, SamplingConfig(**SAMPLING), device="cuda", seed=11,
-                                          num_threads=2, prefetch=prefetch)
-    # the keyword form before SamplingConfig was the loader's argument
-    return dali_pipes.pretrain_loader(root / "h264-test", 2, device="cuda", seed=11, num_threads=2,
-                                      prefetch=prefetch, **SAMPLING)
+    return dali_pipes.pretrain_loader(root / "h264-test", 2, dali_pipes.SamplingConfig(**SAMPLING), device="cuda",
+                                      seed=11, num_threads=2, prefetch=prefetch)
 
 
 def take(loader, n: int) -> list[dict]:
