@@ -79,7 +79,7 @@ def render_png(images: dict[str, np.ndarray], out, num_frames: int = 4, scale: i
 
 def visualize(ckpt, data, out, num_clips: int = 2, num_frames: int = 4, seed: int = 0, device: str = "cpu") -> Path:
     """`vmae2-train visualize`: a few clips of `data` through the model of `ckpt`, saved as a PNG."""
-    state, config = weights.read_model_state(ckpt)
+    state, config = weights.read_weights(ckpt)
     if config is None:
         raise ValueError(f"{ckpt}: a bare weights file has no config.json beside it; pass the run folder "
                          f"or a checkpoint folder of `vmae2-train pretrain`")

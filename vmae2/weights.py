@@ -9,6 +9,7 @@ Sources that `read_weights` and `load_weights` take:
                                state dict: converted (query/key/value -> qkv, q/v biases, renamed norms)
     hf://OWNER/REPO[/FILE]     the same, fetched through huggingface_hub (its cache, token, HF_HUB_OFFLINE)
 
+The transformers conversion lives in vmae2.weights_transformers, the hub look-up in vmae2.weights_hub.
 Not to be confused with vmae2.checkpoint, which holds the resumable training state of a run.
 Torch files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
 arbitrary pickled objects. Every refusal names the source, what was found in it and what to do.
@@ -31,12 +32,12 @@ from shard_tools.files import tmp_path, write_bytes_atomic
 
 from . import checkpoint, distributed
 from .optim import clean_name
+from .weights_hub import HUB_PREFIX, WEIGHT_SUFFIXES, hub_path
+from .weights_transformers import config_from_transformers, from_transformers
 
 FINAL_WEIGHTS = "pretrain_final.pt"   # a pre-training run's weights, beside its checkpoints
 FINAL_NAMES = (FINAL_WEIGHTS, "finetune_final.pt")   # a run's final weights, by task
 WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
-HUB_PREFIX = "hf://"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")   # in the order a folder's single file is picked
 
 
 @dataclass
@@ -84,16 +85,11 @@ def read_state_dict(source, name: str = "checkpoint") -> dict[str, torch.Tensor]
         state = inner
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{name}: expected a non-empty dict of tensors, got {type(state).__name__}")
-    return {_strip(k): v for k, v in state.items()}
+    return {clean_name(k): v for k, v in state.items()}
 
 
 def _is_flat(state: dict) -> bool:
     return any(isinstance(v, torch.Tensor) for v in state.values())
-
-
-def _strip(key: str) -> str:
-    key = key.replace("_orig_mod.", "")
-    return key[len("module."):] if key.startswith("module.") else key
 
 
 def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
@@ -400,25 +396,7 @@ def _model_config_dict(config: dict | None) -> dict | None:
 
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     if config.get("model_type") == "videomae":
-        hidden = config.get("hidden_size", 768)
-        sides = {}
-        for key, default in (("patch_size", 16), ("image_size", 224)):
-            value = config.get(key, default)
-            if isinstance(value, (list, tuple)):
-                if len(set(value)) != 1:
-                    raise ValueError(f"transformers config.json: {key}={value} is not square; vmae2 takes square "
-                                     f"patches and crops")
-                value = value[0]
-            sides[key] = value
-        model = dict(patch_size=sides["patch_size"], depth=config.get("num_hidden_layers", 12),
-                     embed_dim=hidden, num_heads=config.get("num_attention_heads", 12),
-                     mlp_hidden_dim=config.get("intermediate_size", 3072),
-                     decoder_depth=config.get("decoder_num_hidden_layers", 4),
-                     decoder_embed_dim=config.get("decoder_hidden_size", 384),
-                     decoder_num_heads=config.get("decoder_num_attention_heads", 6),
-                     tubelet_size=config.get("tubelet_size", 2), num_frames=config.get("num_frames", 16),
-                     img_size=sides["image_size"])
-        return {"model": {k: v for k, v in model.items() if k in names}, "transformers": config}
+        return config_from_transformers(config, names)
     if isinstance(config.get("model_config"), dict):                    # OpenGVLab/VideoMAEv2-* hub repos
         mc = config["model_config"]
         model = dict(patch_size=mc.get("patch_size"), depth=mc.get("depth"), embed_dim=mc.get("embed_dim"),
@@ -428,100 +406,6 @@ def _model_config_dict(config: dict | None) -> dict | None:
             model["mlp_hidden_dim"] = int(mc["embed_dim"] * mc["mlp_ratio"])
         return {"model": {k: v for k, v in model.items() if k in names and v is not None}}
     return None
-
-
-# transformers VideoMAELayer names -> ours, within one block
-_HF_BLOCK = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
-             "layernorm_before": "norm1", "layernorm_after": "norm2"}
-_HF_BIAS = {"query.bias": "q_bias", "q_bias": "q_bias", "value.bias": "v_bias", "v_bias": "v_bias"}
-
-
-def from_transformers(state: dict[str, torch.Tensor], hf_config: dict, name: str
-                      ) -> tuple[dict[str, torch.Tensor], str, list[str]]:
-    """A transformers VideoMAE state dict -> (published layout, the class it came from, notes).
-
-    VideoMAEForPreTraining -> the pre-training layout (encoder.*, decoder.*); VideoMAEForVideoClassification
-    -> the classifier layout (blocks.*, fc_norm, head); a bare VideoMAEModel -> encoder.* only.
-    transformers uses the same fixed 1-D sinusoid table and the same cube order, so no position keys are
-    needed; its query/key/value become our qkv with learnable q and v biases (our k bias is fixed at zero).
-    """
-    if "encoder_to_decoder.weight" in state or any(k.startswith("decoder.decoder_layers.") for k in state):
-        kind, enc = "transformers VideoMAEForPreTraining", "encoder."
-    elif "classifier.weight" in state or "fc_norm.weight" in state:
-        kind, enc = "transformers VideoMAEForVideoClassification", ""
-    else:
-        kind, enc = "transformers VideoMAEModel", "encoder."
-    if hf_config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"{name}: {kind} uses hidden_act={hf_config['hidden_act']!r}; vmae2 blocks use exact GELU "
-                         f"(hidden_act='gelu'), so these weights would compute something else")
-    ratio_hidden = hf_config.get("decoder_hidden_size", 384) * hf_config.get("intermediate_size", 3072) \
-        // hf_config.get("hidden_size", 768)
-    if kind.endswith("ForPreTraining") and hf_config.get("decoder_intermediate_size", ratio_hidden) != ratio_hidden:
-        raise ValueError(f"{name}: {kind} has decoder_intermediate_size={hf_config['decoder_intermediate_size']}; "
-                         f"vmae2 sizes the decoder MLP with the encoder's ratio (decoder_hidden_size × "
-                         f"intermediate_size / hidden_size), as the published model does")
-    if hf_config.get("num_channels", 3) != 3:
-        raise ValueError(f"{name}: {kind} takes num_channels={hf_config['num_channels']}; vmae2 takes RGB (3)")
-    if enc == "" and ("videomae.layernorm.weight" in state or "fc_norm.weight" not in state
-                      or hf_config.get("use_mean_pooling") is False):
-        raise ValueError(f"{name}: {kind} with use_mean_pooling=False classifies the first token after a final "
-                         f"LayerNorm; vmae2's classifier mean-pools all tokens into fc_norm (use_mean_pooling=True), "
-                         f"so its head would see other features; use the encoder only (load its pre-training "
-                         f"weights) and fine-tune a new head")
-    out, blocks, rest = {}, {}, {}
-    for key, value in state.items():
-        m = re.fullmatch(r"videomae\.encoder\.layer\.(\d+)\.(.+)", key) or \
-            re.fullmatch(r"decoder\.decoder_layers\.(\d+)\.(.+)", key)
-        if m:
-            prefix = f"{enc}blocks.{m[1]}." if key.startswith("videomae.") else f"decoder.blocks.{m[1]}."
-            blocks.setdefault(prefix, {})[m[2]] = value
-        else:
-            rest[key] = value
-    for prefix, block in blocks.items():
-        out.update(_convert_block(block, prefix, name))
-    renames = {"videomae.embeddings.patch_embeddings.projection.": f"{enc}patch_embed.proj.",
-               "videomae.layernorm.": "encoder.norm.", "fc_norm.": "fc_norm.", "classifier.": "head.",
-               "encoder_to_decoder.": "encoder_to_decoder.", "mask_token": "mask_token",
-               "decoder.norm.": "decoder.norm.", "decoder.head.": "decoder.head."}
-    for key, value in rest.items():
-        if key.endswith("position_embeddings"):
-            continue                       # the fixed sinusoid table, recomputed by the model
-        old = next((o for o in renames if key.startswith(o)), None)
-        if old is None:
-            raise ValueError(f"{name}: unknown key {key} {tuple(value.shape)} in {kind}; vmae2 converts the "
-                             f"VideoMAE classes of transformers only")
-        out[renames[old] + key[len(old):]] = value
-    eps = hf_config.get("layer_norm_eps", 1e-12)
-    notes = [f"converted from {kind}: LayerNorm eps {eps:g} there (1e-5 in fc_norm and the decoder's norm), "
-             f"1e-6 in vmae2"]
-    if hf_config.get("norm_pix_loss") is False:
-        notes.append("the transformers model was set to norm_pix_loss=False; vmae2 always normalises target pixels")
-    return out, kind, notes
-
-
-def _convert_block(block: dict[str, torch.Tensor], prefix: str, name: str) -> dict[str, torch.Tensor]:
-    """One transformers VideoMAELayer -> our Block keys under `prefix`."""
-    out, attn = {}, "attention.attention."
-    key_bias = block.pop(attn + "key.bias", None)
-    if key_bias is not None and key_bias.abs().max() > 0:
-        raise ValueError(f"{name}: {prefix}attn has a non-zero key bias (max |b| {key_bias.abs().max():.3g}); "
-                         f"vmae2's attention fixes the k bias at zero as the published model does, so these "
-                         f"weights cannot be represented; they come from another VideoMAE variant")
-    try:
-        weights = [block.pop(attn + f"{part}.weight") for part in ("query", "key", "value")]
-    except KeyError as err:
-        raise ValueError(f"{name}: {prefix}attn lacks {err.args[0]}; not a complete VideoMAE layer") from None
-    out[prefix + "attn.qkv.weight"] = torch.cat(weights, dim=0)                 # (3D, D)
-    dim = weights[0].shape[0]
-    for ours in ("q_bias", "v_bias"):
-        theirs = [k for k in block if k.startswith(attn) and _HF_BIAS.get(k[len(attn):]) == ours]
-        out[prefix + f"attn.{ours}"] = block.pop(theirs[0]) if theirs else torch.zeros(dim)  # qv_bias=False
-    for key, value in block.items():
-        module, _, param = key.rpartition(".")
-        if module not in _HF_BLOCK:
-            raise ValueError(f"{name}: unknown key {key} {tuple(value.shape)} in a VideoMAE layer ({prefix})")
-        out[f"{prefix}{_HF_BLOCK[module]}.{param}"] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -628,92 +512,6 @@ def load_weights(model: nn.Module, source, *, head_rows=None) -> LoadReport:
         raise ValueError(f"{err}\n  {weights.describe()}") from None
     report.notes.extend(weights.notes)
     return report
-
-
-# ---------------------------------------------------------------------------------------------------
-# Hugging Face Hub
-
-
-def parse_hub_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """hf://OWNER/REPO[@REVISION][/FILE] -> (repo_id, revision, file or None)."""
-    parts = uri[len(HUB_PREFIX):].strip("/").split("/")
-    if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise ValueError(f"{uri}: expected hf://OWNER/REPO or hf://OWNER/REPO/FILE (e.g. "
-                         f"hf://OpenGVLab/VideoMAEv2-Base or hf://OWNER/REPO/vit_b_k710_dl_from_giant.pth)")
-    repo, _, revision = parts[1].partition("@")
-    return f"{parts[0]}/{repo}", revision or None, "/".join(parts[2:]) or None
-
-
-def hub_path(uri: str) -> Path:
-    """A local file or snapshot folder for hf://OWNER/REPO[/FILE], via huggingface_hub and its cache.
-
-    With FILE, that file (and a config.json beside it, if the repo has one). Without, the repo's single
-    weights file (.safetensors first, then .pth/.pt, then .bin) and config.json. Offline (HF_HUB_OFFLINE=1
-    or no network) the cached snapshot is used.
-    """
-    from huggingface_hub import constants, hf_hub_download, list_repo_files, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    repo_id, revision, filename = parse_hub_uri(uri)
-    offline_fix = ("it is not in the local cache " f"({constants.HF_HUB_CACHE}); run once with network access "
-                   "(HF_HUB_OFFLINE unset) or point HF_HOME / HF_HUB_CACHE at a cache that holds it")
-    try:
-        files = None if constants.HF_HUB_OFFLINE else _list_or_none(list_repo_files, repo_id, revision)
-        if files is None:                                    # offline: whatever the cache holds
-            folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-            path = folder / filename if filename else folder
-            if not path.exists():
-                raise FileNotFoundError(f"{uri}: {filename} is not in the cached snapshot {folder}; "
-                                        f"found {sorted(p.name for p in folder.iterdir())[:8]}")
-            return path
-        if filename is None:
-            filename = _pick_hub_file(files, uri)
-        path = Path(hf_hub_download(repo_id, filename, revision=revision))
-        if filename.endswith(".index.json"):                 # sharded: fetch the shards beside the index
-            for shard in dict.fromkeys(json.loads(path.read_text())["weight_map"].values()):
-                hf_hub_download(repo_id, str(Path(filename).parent / shard), revision=revision)
-        config = str(Path(filename).parent / "config.json") if "/" in filename else "config.json"
-        if config in files:
-            hf_hub_download(repo_id, config, revision=revision)   # lands beside the weights in the snapshot
-        return path
-    except GatedRepoError:
-        raise ValueError(f"{uri}: the repository is gated; accept its terms on huggingface.co and log in "
-                         f"(`hf auth login`) or set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{uri}: no such repository (or it is private: log in with `hf auth login` "
-                                f"or set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
-        raise FileNotFoundError(f"{uri}: {offline_fix}") from None
-    except HfHubHTTPError as err:
-        raise FileNotFoundError(f"{uri}: the hub refused ({str(err).splitlines()[0]}); check OWNER/REPO and FILE "
-                                f"(hf://OWNER/REPO/FILE)") from None
-
-
-def _list_or_none(list_repo_files, repo_id: str, revision: str | None) -> list[str] | None:
-    """The repo's files, or None when the hub cannot be reached (then the cache decides)."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        return list_repo_files(repo_id, revision=revision)
-    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError):
-        raise
-    except Exception:  # no network: connection errors differ by HTTP backend and version
-        return None
-
-
-def _pick_hub_file(files: list[str], uri: str) -> str:
-    top = [f for f in files if "/" not in f]
-    if "model.safetensors.index.json" in top:
-        return "model.safetensors.index.json"
-    for suffixes in ((".safetensors",), (".pth", ".pt"), (".bin",)):
-        found = [f for f in top if f.endswith(suffixes)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise ValueError(f"{uri}: the repository holds several weights files {found[:8]}; pick one with "
-                             f"{uri.rstrip('/')}/FILE")
-    raise FileNotFoundError(f"{uri}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) at the top of the repository; "
-                            f"found {files[:8]}; pass hf://OWNER/REPO/PATH/TO/FILE")
 
 
 # ---------------------------------------------------------------------------------------------------
