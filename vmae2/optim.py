@@ -21,7 +21,7 @@ NO_WEIGHT_DECAY = ("mask_token", "*.mask_token", "pos_embed", "*.pos_embed")
 
 def clean_name(name: str) -> str:
     """A parameter name without torch.compile / DDP / checkpoint-wrapper prefixes."""
-    for prefix in ("_orig_mod.", "module.", "_checkpoint_wrapped_module."):
+    for prefix in ("_checkpoint_wrapped_module.", "_orig_mod.", "module."):   # the longest first
         name = name.replace(prefix, "")
     return name
 
