@@ -3,9 +3,10 @@
 `ClipLoader` is the two-pipeline machinery, the same for every recipe (pre-training: pretrain.py;
 fine-tuning and test loaders plug in their own):
 
-    producer thread   reader pipeline → json → recipe.sample(metas, rng) → queue    (SamplingStage)
-    clip pipeline     external sources ← queue; recipe.clip_graph → decode, crops → outputs
-    training thread   clip_pipeline.run() → recipe.batch(outputs, keys)
+    sampler thread     reader pipeline → json → recipe.sample(metas, rng)       (SamplingStage.draw)
+    collector thread   clip pipeline: external sources ← drawn batches; recipe.clip_graph decodes and
+                       crops (DALI's threads) → recipe.batch(outputs, keys)
+    training thread    takes a finished batch from a queue: nothing else
 
 A recipe is any object with:
 
@@ -25,10 +26,8 @@ last sample, then to whole batches; so every rank runs len(loader) = ceil(ceil(n
 world_size) / batch_size) batches per epoch, all samples are seen every epoch, and at most
 world_size·batch_size duplicates fill the gaps. Nothing is dropped.
 
-Off the training thread: the producer runs the reader, parses the json members, draws the batch's
-random choices and takes the reader's checkpoint, up to `prefetch + 1` batches ahead; the clip
-pipeline (prefetch_queue_depth=prefetch) decodes ahead in DALI's threads. The training thread only
-takes finished batches: its external-source callback pops a queue.
+Running ahead: the sampler keeps prefetch + 1 drawn batches, the clip pipeline decodes `prefetch`
+batches ahead (prefetch_queue_depth), and the collector keeps one finished batch ready.
 
 Resume: batch k's random choices come from numpy's Generator seeded with (seed, rank, k), and the
 read position lives in the reader pipeline, which DALI checkpoints. Each batch carries the reader's
@@ -108,51 +107,134 @@ class SamplingStage:
         return {"encoded": encoded, "arrays": arrays, "sources": sources, "checkpoint": checkpoint}
 
 
-class _Producer:
-    """A thread that keeps up to `depth` drawn batches ready; `take()` is the clip pipeline's source."""
+class _Failed:
+    """An exception raised on a worker thread, handed to the consumer in its turn."""
 
-    def __init__(self, stage: SamplingStage, input_names: tuple[str, ...], depth: int):
-        self.stage, self.input_names = stage, input_names
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Closing(Exception):
+    """The loader is closing: a worker waiting for input stops."""
+
+
+class _Ahead:
+    """A daemon thread that calls `step()` over and over, keeping up to `depth` results ready.
+
+    An exception ends the thread and is raised by `get()` in its turn (and by every later get).
+    """
+
+    def __init__(self, step, depth: int, name: str):
+        self.step, self.failure = step, None
         self.ready = queue.Queue(maxsize=depth)
-        self.pending = deque()  # drawn batches handed to the clip pipeline, not yet returned by it
-        self.error = None
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="dali_pipes-sampler", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                item = self.stage.draw()
-            except Exception as err:  # handed to the training thread, which raises it
-                item = err
+                item = self.step()
+            except BaseException as err:  # handed to the consumer, which raises it
+                self.failure = err
+                item = _Failed(err)
             while not self.stop.is_set():
                 try:
                     self.ready.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
-            if isinstance(item, Exception):
+            if isinstance(item, _Failed):
                 return
 
-    def take(self):
-        """External-source callback of the clip pipeline (training thread): the next drawn batch."""
-        item = self.ready.get()
-        if isinstance(item, Exception):
-            self.error = item
-            raise item
-        self.pending.append(item)
-        return (item["encoded"], *(item["arrays"][name] for name in self.input_names))
+    def get(self, until: threading.Event | None = None):
+        """The next result; raises the worker's exception, or _Closing once `until` is set."""
+        while True:
+            try:
+                item = self.ready.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if until is not None and until.is_set():
+                    raise _Closing() from None
+                if not self.thread.is_alive() and self.ready.empty():
+                    raise RuntimeError(f"{self.thread.name} stopped") from None
+        if isinstance(item, _Failed):
+            self.ready.put(item)  # every later get fails the same way
+            raise item.error
+        return item
 
     def close(self) -> None:
         self.stop.set()
         while self.thread.is_alive():
-            try:  # unblock a producer waiting on a full queue
+            try:  # unblock a worker waiting on a full queue
                 self.ready.get_nowait()
             except queue.Empty:
                 pass
             self.thread.join(timeout=0.05)
-        self.stage = None
+        self.step = None
+
+
+class _Engine:
+    """The running part of a ClipLoader, off the training thread, with no reference back to it:
+
+    sampler thread     SamplingStage.draw() → up to prefetch + 1 drawn batches
+    collector thread   clip_pipeline.run() (its external source takes drawn batches) → recipe.batch
+                       → one finished (batch, reader checkpoint) ready for the training thread
+    """
+
+    def __init__(self, stage: SamplingStage, recipe, pipeline_options: dict, backend: str, prefetch: int):
+        self.recipe, self.stage, self.pending, self.closing = recipe, stage, deque(), threading.Event()
+        self.drawn = _Ahead(stage.draw, depth=prefetch + 1, name="dali_pipes-sampler")
+        self.clips = clip_pipeline(recipe, backend, self._take, prefetch_queue_depth=prefetch, exec_dynamic=True,
+                                   **pipeline_options)
+        self.clips.build()
+        self.collected = _Ahead(self._collect, depth=1, name="dali_pipes-collector")
+
+    def _take(self):
+        """External-source callback of the clip pipeline (collector thread): the next drawn batch."""
+        drawn = self.drawn.get(until=self.closing)
+        self.pending.append(drawn)
+        return (drawn["encoded"], *(drawn["arrays"][name] for name in self.recipe.input_names))
+
+    def _collect(self) -> tuple[dict, str]:
+        try:
+            outputs = self.clips.run()
+        except Exception as err:
+            if self.closing.is_set():
+                raise _Closing() from None
+            if self.drawn.failure is not None:  # reading failed: its message says where
+                raise self.drawn.failure from None
+            raise self._decode_error(err) from err
+        drawn = self.pending.popleft()
+        if hasattr(self.recipe, "release"):  # its arrays were consumed and the iteration is done
+            self.recipe.release(drawn["arrays"])
+        keys = [sample_key(s)[0] for s in drawn["sources"]]
+        # DLPack shares DALI's buffers (no copy); with exec_dynamic DALI never reuses a returned buffer.
+        batch = self.recipe.batch(tuple(torch.from_dlpack(out.as_tensor()) for out in outputs), keys)
+        return batch, drawn["checkpoint"]
+
+    def _decode_error(self, err: Exception) -> Exception:
+        """A decode failure, reported by the keys of the samples that fail PyAV's decoder too."""
+        if not self.pending:
+            return err
+        drawn = self.pending[0]
+        bad = []
+        for i, source in enumerate(drawn["sources"]):
+            key, shard = sample_key(source)
+            if not _decodable(np.asarray(drawn["encoded"][i]).tobytes()):
+                bad.append(f"{key} (in {shard})")
+        named = bad or [f"{sample_key(s)[0]} (in {sample_key(s)[1]})" for s in drawn["sources"]]
+        what = "corrupt samples" if bad else "decoding failed in a batch holding"
+        return RuntimeError(f"{what}: {', '.join(named)}; remove them from the source and repack "
+                            f"(vmae2-shard skips undecodable inputs). DALI said: {str(err).splitlines()[0]}")
+
+    def close(self) -> None:
+        """Stop both threads, then drop both pipelines (DALI frees a pipeline with its last reference)."""
+        self.closing.set()
+        self.collected.close()  # a collector waiting for a drawn batch gives up (_Closing)
+        self.drawn.close()
+        self.clips = self.stage = self.drawn = self.collected = None
+        self.pending.clear()
 
 
 class ClipLoader:
@@ -174,12 +256,11 @@ class ClipLoader:
         self.num_threads = num_threads or max(1, (os.cpu_count() or 2))
         self.shuffle, self.initial_fill, self.prefetch = shuffle, initial_fill, prefetch
         self.batches_per_epoch = math.ceil(math.ceil(shards.num_samples / world_size) / batch_size)
-        self._producer = self._clips = None
+        self._engine = None
         self._build(checkpoint=None, batches_done=0)
 
-    # ---- pipelines -------------------------------------------------------------------------------
     def sampling_stage(self, checkpoint=None, first_batch: int = 0) -> SamplingStage:
-        """A fresh sampling stage of this loader (the producer's; also what bench.loader times alone)."""
+        """A fresh sampling stage of this loader (the sampler thread's; also what bench.loader times alone)."""
         return SamplingStage(self.shards, self.batch_size, self.recipe, rank=self.rank, world_size=self.world_size,
                              seed=self.seed, shuffle=self.shuffle, initial_fill=self.initial_fill,
                              checkpoint=checkpoint, first_batch=first_batch)
@@ -188,19 +269,16 @@ class ClipLoader:
         self.close()
         self._batches_done = batches_done      # batches handed out, over all epochs
         self._last_checkpoint = checkpoint     # reader state right after that batch
-        # Enough drawn batches to refill the clip pipeline's queue at once, plus one being drawn.
-        self._producer = _Producer(self.sampling_stage(checkpoint, batches_done), self.recipe.input_names,
-                                   depth=self.prefetch + 1)
-        self._clips = clip_pipeline(self.recipe, self.backend, self._producer.take, batch_size=self.batch_size,
-                                    num_threads=self.num_threads, device_id=self.device_id, seed=self.seed,
-                                    prefetch_queue_depth=self.prefetch, exec_dynamic=True)
-        self._clips.build()
+        options = dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+                       seed=self.seed)
+        self._engine = _Engine(self.sampling_stage(checkpoint, batches_done), self.recipe, options, self.backend,
+                               self.prefetch)
 
     def close(self) -> None:
-        """Stop the producer and release both pipelines (DALI frees a pipeline with its last reference)."""
-        if self._producer is not None:
-            self._producer.close()
-        self._producer = self._clips = None
+        """Stop the worker threads and release both pipelines."""
+        if self._engine is not None:
+            self._engine.close()
+        self._engine = None
 
     def __del__(self):
         try:
@@ -225,43 +303,18 @@ class ClipLoader:
 
     def __iter__(self):
         """The rest of the current epoch (a whole epoch unless resumed mid-epoch)."""
-        if self._clips is None:
+        if self._engine is None:
             raise RuntimeError("this loader was closed; build a new one")
         remaining = self.batches_per_epoch - self._batches_done % self.batches_per_epoch
         for _ in range(remaining):
             yield self._next_batch()
 
     def _next_batch(self) -> dict:
-        try:
-            outputs = self._clips.run()
-        except Exception as err:
-            if self._producer.error is not None:  # reading failed: the reader's message says where
-                raise self._producer.error from None
-            raise self._decode_error(err) from err
-        drawn = self._producer.pending.popleft()
-        if hasattr(self.recipe, "release"):  # its arrays were fed (copied) and the iteration is done
-            self.recipe.release(drawn["arrays"])
-        keys = [sample_key(s)[0] for s in drawn["sources"]]
-        # DLPack shares DALI's buffers (no copy); with exec_dynamic DALI never reuses a returned buffer.
-        batch = self.recipe.batch(tuple(torch.from_dlpack(out.as_tensor()) for out in outputs), keys)
+        """The training thread's whole share of the work: take a finished batch."""
+        batch, checkpoint = self._engine.collected.get()
         self._batches_done += 1
-        self._last_checkpoint = drawn["checkpoint"]
+        self._last_checkpoint = checkpoint
         return batch
-
-    def _decode_error(self, err: Exception) -> Exception:
-        """A decode failure, reported by the keys of the samples that fail PyAV's decoder too."""
-        if not self._producer.pending:
-            return err
-        drawn = self._producer.pending[0]
-        bad = []
-        for i, source in enumerate(drawn["sources"]):
-            key, shard = sample_key(source)
-            if not _decodable(np.asarray(drawn["encoded"][i]).tobytes()):
-                bad.append(f"{key} (in {shard})")
-        named = bad or [f"{sample_key(s)[0]} (in {sample_key(s)[1]})" for s in drawn["sources"]]
-        what = "corrupt samples" if bad else "decoding failed in a batch holding"
-        return RuntimeError(f"{what}: {', '.join(named)}; remove them from the source and repack "
-                            f"(vmae2-shard skips undecodable inputs). DALI said: {str(err).splitlines()[0]}")
 
     # ---- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:

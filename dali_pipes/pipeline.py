@@ -30,7 +30,9 @@ def clip_pipeline(recipe, device: str, source):
     tests exercise the GPU path's graph.
     """
     names = ("encoded", *recipe.input_names)
-    inputs = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True, no_copy=False)))
+    # no_copy: DALI reads the drawn arrays in place; the loader keeps them unchanged until the
+    # iteration that reads them has returned its outputs (only then may a recipe reuse them).
+    inputs = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True, no_copy=True)))
     outputs = recipe.clip_graph(inputs, decode_device="mixed" if device == "gpu" else "cpu")
     if device == "gpu":
         outputs = tuple(x if x.device == "gpu" else x.gpu() for x in outputs)

@@ -281,18 +281,28 @@ def test_bad_sizes_and_strides_are_rejected(vp9_16, tmp_path):
     assert make_loader(thinned, 4, cfg=replace(CFG, stride=4)).recipe.stored_stride == 2
 
 
-def test_close_stops_the_producer_and_frees_both_pipelines(vp9_16):
+def test_close_stops_both_threads_and_frees_both_pipelines(vp9_16):
     out, _ = vp9_16
     loader = make_loader(out, 4, num_sample=1, seed=4)
     next(iter(loader))
-    pipes = [weakref.ref(loader._clips), weakref.ref(loader._producer.stage.pipe)]
-    thread = loader._producer.thread
+    engine = loader._engine
+    pipes = [weakref.ref(engine.clips), weakref.ref(engine.stage.pipe)]
+    threads = [engine.drawn.thread, engine.collected.thread]
+    del engine
     loader.close()
     gc.collect()
-    assert not thread.is_alive()
+    assert not any(t.is_alive() for t in threads)
     assert [p() for p in pipes] == [None, None]  # DALI shuts a pipeline down when it is freed
     with pytest.raises(RuntimeError, match="closed"):
         next(iter(loader))
+    dropped = make_loader(out, 4, num_sample=1, seed=4)  # dropped without close(): its threads stop too
+    next(iter(dropped))
+    threads = [dropped._engine.drawn.thread, dropped._engine.collected.thread]
+    del dropped
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC decode, device outputs)")
