@@ -1,13 +1,23 @@
-"""The built-in synthetic dataset: textured shapes whose MOTION is the label.
+"""The built-in synthetic dataset: a filmed scene of textured shapes whose MOTION is the label.
 
-Each clip shows one textured shape (ellipse, box, triangle or star, with stripes, checks or
-rings in random colours) over a random smooth textured background. The class is only the motion:
-translate left/right/up/down, rotate clockwise/anticlockwise (in image coordinates, y down), grow
-or shrink. Shape, textures, colours, mid-clip position, angle, size and speed are drawn
-independently of the class, so a single frame does not reveal it; a model has to learn motion,
-as on Something-Something. Clip i of seed s is a pure function of (s, i, size, frames).
+Each clip films a scene the way a camera films the world, so that, as in natural video, a masked
+patch can be predicted from its context:
 
-`make_synthetic` renders the clips with numpy, encodes them (VP9 by default) into
+- a smooth background: a colour gradient in a random direction, shaded by low-frequency noise and
+  broad soft ripples, so that nearly every patch holds a gradient and none holds per-pixel grain;
+- several textured shapes (ellipse, box, triangle or star, with wide stripes, checks or rings and
+  a shading gradient, so their edges and textures fall at the scale of a patch); the main shape,
+  the largest, moves by the clip's class, the others drift and spin at random and pass behind it
+  and each other (occlusions);
+- a camera that pans and zooms slowly over the whole scene (global motion between frames).
+
+The class is the main shape's motion: translate left/right/up/down, rotate clockwise/anticlockwise
+(in image coordinates, y down), grow or shrink. Its shape kind is an appearance label
+(`clip_labels`). Shapes, textures, colours, positions, speeds and the camera are drawn
+independently of the class, so a single frame does not reveal it. Clip i of seed s is a pure
+function of (s, i, size, frames).
+
+`make_synthetic` renders the clips with numpy, encodes them (VP9 by default, at a mild CRF) into
 OUT/.staging/synth-src/{class}/, and packs that folder with `--codec copy`.
 """
 
@@ -17,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shard_tools.files import write_bytes_atomic
 from shard_tools.format import MANIFEST_NAME, STAGING_DIR
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, pack
 from shard_tools.pool import run_pool, worker_pool
@@ -25,27 +36,55 @@ from shard_tools.transcode import ENCODERS, StreamWriter, check_encoder
 CLASSES = ("translate_left", "translate_right", "translate_up", "translate_down",
            "rotate_cw", "rotate_ccw", "grow", "shrink")
 SHAPES = ("ellipse", "box", "triangle", "star")
-SIZE_RANGE = (0.12, 0.22)  # shape radius as a share of the short side
+SIZE_RANGE = (0.2, 0.3)        # main shape radius as a share of the short side
+OTHER_SIZE_RANGE = (0.12, 0.2)  # radius of the other shapes
+NUM_OTHERS = (1, 3)             # how many other shapes, inclusive
+# Light from above: every surface, background and shapes, is brighter by up to LIGHT_SPAN (of the
+# 0-1 range) towards the top of the scene, as in most natural scenes. Per-patch normalisation
+# (spec §4) keeps a patch's shape of light, not its level, so this ramp is a regularity that holds
+# in every patch of every clip, and the first one the model learns.
+LIGHT_SPAN = 0.7
+# Background: a random colour (per channel up to 1 - LIGHT_SPAN - 2 * its wave amplitude) bent by
+# low-frequency waves of another random colour direction (a smooth noise field).
+WAVE_AMPLITUDE = (0.02, 0.05)   # per channel, of each of NUM_WAVES waves summed and halved
+WAVELENGTH_PX = (60, 160)
+NUM_WAVES = 2
+# Encoder quality (CRF) per codec: milder than the packer's defaults, so that compression noise
+# stays small against the patch-scale structure that per-patch normalisation (spec §4) magnifies.
+QUALITY = {"vp9": 20, "h264": 18, "hevc": 20, "mjpeg": 2}
 
 
-def _smooth_noise(rng, height, width, cells):
-    """Bilinearly upsampled random grid in [0, 1]: a cheap smooth texture."""
-    grid = rng.random((cells + 1, cells + 1))
-    ys, xs = np.linspace(0, cells, height), np.linspace(0, cells, width)
-    y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    g = grid
-    top = g[y0][:, x0] * (1 - fx) + g[y0][:, x0 + 1] * fx
-    bottom = g[y0 + 1][:, x0] * (1 - fx) + g[y0 + 1][:, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
+def clip_labels(seed, index):
+    """{"motion": index into CLASSES, "shape": index into SHAPES} of synthetic clip `index` of `seed`.
+
+    The motion class is the manifest's label; the main shape's kind is an appearance label that one
+    frame shows. Both are cheap: nothing is rendered.
+    """
+    rng = np.random.default_rng([seed, index])
+    return {"motion": index % len(CLASSES), "shape": int(rng.integers(len(SHAPES)))}
+
+
+def clip_shape(seed, index, width=160, height=128):
+    """The main shape's kind of clip `index` (an index into SHAPES); kept for callers of the first set."""
+    return clip_labels(seed, index)["shape"]
+
+
+def _light(world_y, canvas_h):
+    """The light from above at world rows `world_y`: LIGHT_SPAN at the top of the scene, 0 at its bottom."""
+    return LIGHT_SPAN * (1 - world_y / canvas_h)
 
 
 def _background(rng, height, width):
-    colours = rng.random((2, 3))
-    mix = _smooth_noise(rng, height, width, int(rng.integers(3, 9)))[..., None]
-    image = colours[0] * (1 - mix) + colours[1] * mix
-    image += rng.normal(0, 0.04, (height, width, 1))  # fine grain, so the background has texture
-    return image
+    """The scene's background canvas (height, width, 3) in [0, 1]: a colour, waves and the light."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    waves = np.zeros((height, width))
+    for _ in range(NUM_WAVES):
+        angle, wavelength = rng.uniform(0, 2 * np.pi), rng.uniform(*WAVELENGTH_PX)
+        waves += np.sin(2 * np.pi * (np.cos(angle) * xs + np.sin(angle) * ys) / wavelength
+                        + rng.uniform(0, 2 * np.pi)) / NUM_WAVES
+    bends = rng.uniform(*WAVE_AMPLITUDE, 3) * rng.choice([-1, 1], 3)
+    colour = np.abs(bends) + rng.random(3) * (1 - LIGHT_SPAN - 2 * np.abs(bends))
+    return colour + bends * waves[..., None] + _light(ys, height)[..., None]
 
 
 def _shape_mask(shape, u, v):
@@ -58,81 +97,147 @@ def _shape_mask(shape, u, v):
     if shape == "triangle":
         sector = 2 * np.pi / 3
         return radius * np.cos((angle % sector) - sector / 2) <= 0.55
-    return radius <= 0.55 + 0.45 * np.cos(5 * angle) ** 2  # star
+    return radius <= 0.55 + 0.45 * np.cos(2.5 * angle) ** 2  # five-pointed star
 
 
 def _shape_texture(rng):
-    kind, freq = rng.integers(3), rng.uniform(2.5, 5.0)
-    colours = rng.random((2, 3))
+    """A texture (u, v) -> colours before the light, in the shape's own coordinates: 1-3 wide bands
+    of two colours that differ in every channel."""
+    kind, freq = rng.integers(3), rng.uniform(1.0, 2.0)
+    first = rng.random(3) * (1 - LIGHT_SPAN)
+    step = rng.uniform(0.2, 0.4, 3) * (1 - LIGHT_SPAN) * 2
+    second = np.where(first < (1 - LIGHT_SPAN) / 2, np.minimum(first + step, 1 - LIGHT_SPAN),
+                      np.maximum(first - step, 0))
 
     def texture(u, v):
         if kind == 0:
-            mix = (np.sin(freq * np.pi * u) > 0)
+            mix = np.sin(freq * np.pi * u) > 0
         elif kind == 1:
             mix = (np.floor(freq * u) + np.floor(freq * v)) % 2 == 0
         else:
-            mix = (np.hypot(u, v + 0.3) * freq * 2).astype(int) % 2 == 0
-        return np.where(mix[..., None], colours[0], colours[1])
+            mix = (np.hypot(u, v + 0.3) * freq * 1.5).astype(int) % 2 == 0
+        return np.where(mix[..., None], first, second)
     return texture
 
 
-def _scene(seed, index, width, height):
-    """The clip's generator after its appearance draws: (rng, background, shape name, texture)."""
-    rng = np.random.default_rng([seed, index])
-    background = _background(rng, height, width)
-    shape, texture = SHAPES[rng.integers(len(SHAPES))], _shape_texture(rng)
-    return rng, background, shape, texture
-
-
-def clip_shape(seed, index, width=160, height=128):
-    """The shape kind (an index into SHAPES) of synthetic clip `index`: an appearance label.
-
-    bench/budget.py uses it to check that a classifier can learn what a single frame shows.
-    """
-    return SHAPES.index(_scene(seed, index, width, height)[2])
+def _motion_track(rng, t, num_frames, size, start, motion):
+    """Centres (T, 2), angles (T,) and sizes (T,) of a shape moving by `motion` (a CLASSES name or
+    "drift": a random direction and spin)."""
+    speed = rng.uniform(0.5, 1.0)  # px per frame
+    if motion == "drift":
+        heading = rng.uniform(0, 2 * np.pi)
+        direction = (np.cos(heading) * rng.uniform(0.3, 0.8), np.sin(heading) * rng.uniform(0.3, 0.8))
+        spin = rng.uniform(-0.03, 0.03)
+        growth = 0.0
+    else:
+        direction = {"translate_left": (-1, 0), "translate_right": (1, 0),
+                     "translate_up": (0, -1), "translate_down": (0, 1)}.get(motion, (0, 0))
+        spin = rng.uniform(0.04, 0.08) * {"rotate_cw": 1, "rotate_ccw": -1}.get(motion, 0)
+        growth = np.log(rng.uniform(1.6, 2.4)) / num_frames * {"grow": 1, "shrink": -1}.get(motion, 0)
+    centres = start[None, :] + np.outer(t * speed, direction)
+    angles = rng.uniform(0, 2 * np.pi) + spin * t
+    sizes = size * np.exp(growth * t)
+    return centres, angles, sizes
 
 
 def render_clip(seed, index, num_frames=64, width=160, height=128):
-    """(label, frames uint8 (T, H, W, 3)) of synthetic clip `index` for `seed`."""
-    label = index % len(CLASSES)
-    motion = CLASSES[label]
-    rng, background, shape, texture = _scene(seed, index, width, height)
-    size = rng.uniform(*SIZE_RANGE) * min(width, height)
-    mid = np.array([rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height])
-    angle0 = rng.uniform(0, 2 * np.pi)
+    """(label, frames uint8 (T, H, W, 3)) of synthetic clip `index` for `seed`; label is the motion class."""
+    scene = render_scene(seed, index, num_frames, width, height)
+    return scene["labels"]["motion"], scene["frames"]
+
+
+def render_scene(seed, index, num_frames=64, width=160, height=128):
+    """Synthetic clip `index` for `seed` with what made it: a dict of
+
+    frames  uint8 (T, H, W, 3)
+    layers  uint8 (T, H, W): 0 where the background shows, k where the k-th shape (back to front) does;
+            the main shape is the last one, number len(shapes)
+    labels  clip_labels(seed, index)
+    overlap_px  int (T,): pixels per frame where a shape hides another (occlusions)
+    shapes  the shape kinds, back to front
+    camera  float (T, 3): per frame the world point (x, y) at the frame centre and world units per pixel
+    background_shift_px  (x, y) pixels the background moves in the frame over the clip (camera pan)
+    zoom    how much larger the scene looks in the last frame than in the first (camera zoom)
+
+    The scene lives in world coordinates on a canvas 1.3x the frame; the camera maps each frame's
+    pixels to world points (pan: a moving centre; zoom: a changing scale), where the background and
+    every shape are sampled.
+    """
+    labels = clip_labels(seed, index)
+    rng = np.random.default_rng([seed, index])
+    rng.integers(len(SHAPES))                     # the main shape's kind, drawn by clip_labels
+    short = min(width, height)
+    canvas_h, canvas_w = int(height * 1.3), int(width * 1.3)
+    background = _background(rng, canvas_h, canvas_w).astype(np.float32)
     t = np.arange(num_frames) - (num_frames - 1) / 2  # time relative to mid-clip
-    speed = rng.uniform(0.5, 1.0)  # px per frame
-    direction = {"translate_left": (-1, 0), "translate_right": (1, 0),
-                 "translate_up": (0, -1), "translate_down": (0, 1)}.get(motion, (0, 0))
-    centres = mid[None, :] + np.outer(t * speed, direction)
-    spin = rng.uniform(0.04, 0.08) * {"rotate_cw": 1, "rotate_ccw": -1}.get(motion, 0)
-    angles = angle0 + spin * t
-    growth = np.log(rng.uniform(1.6, 2.4)) / num_frames * {"grow": 1, "shrink": -1}.get(motion, 0)
-    sizes = size * np.exp(growth * t)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
-    for i in range(num_frames):
-        dx, dy = xs - centres[i, 0], ys - centres[i, 1]
-        cos, sin = np.cos(angles[i]), np.sin(angles[i])
-        u, v = (cos * dx + sin * dy) / sizes[i], (-sin * dx + cos * dy) / sizes[i]
-        mask = _shape_mask(shape, u, v)[..., None]
-        image = np.where(mask, texture(u, v), background)
-        frames[i] = np.clip(image * 255, 0, 255).astype(np.uint8)
-    return label, frames
+
+    # Camera: the world point seen at the frame centre, and world units per pixel.
+    pan_angle = rng.uniform(0, 2 * np.pi)
+    pan = np.outer(t * rng.uniform(0.15, 0.4), (np.cos(pan_angle), np.sin(pan_angle)))
+    cam_centre = np.array([canvas_w / 2, canvas_h / 2]) + pan
+    scale = np.exp(rng.uniform(-1, 1) * np.log(1.2) / num_frames * t)  # at most 1.2x zoom over the clip
+    # The camera neither rotates nor shears, so world x depends on (t, x) only and y on (t, y).
+    col_x = (cam_centre[:, 0, None] + scale[:, None] * (np.arange(width) - width / 2)).astype(np.float32)
+    row_y = (cam_centre[:, 1, None] + scale[:, None] * (np.arange(height) - height / 2)).astype(np.float32)
+    image = _sample_separable(background, row_y, col_x)                                  # (T, H, W, 3)
+    world_x, world_y = col_x[:, None, :], row_y[:, :, None]                              # broadcast to (T, H, W)
+    layers = np.zeros((num_frames, height, width), np.uint8)
+    overlap_px = np.zeros(num_frames, np.int64)
+
+    # Shapes, back to front: the others, then the main one, which moves by the class.
+    num_others = int(rng.integers(NUM_OTHERS[0], NUM_OTHERS[1] + 1))
+    shapes = [SHAPES[rng.integers(len(SHAPES))] for _ in range(num_others)] + [SHAPES[labels["shape"]]]
+    motions = ["drift"] * num_others + [CLASSES[labels["motion"]]]
+    for k, (shape, motion) in enumerate(zip(shapes, motions)):
+        size_range = SIZE_RANGE if k == num_others else OTHER_SIZE_RANGE
+        size = rng.uniform(*size_range) * short
+        start = np.array([canvas_w / 2 + rng.uniform(-0.3, 0.3) * width,
+                          canvas_h / 2 + rng.uniform(-0.3, 0.3) * height])
+        texture = _shape_texture(rng)
+        centres, angles, sizes = _motion_track(rng, t, num_frames, size, start, motion)
+        dx = world_x - centres[:, 0, None, None].astype(np.float32)
+        dy = world_y - centres[:, 1, None, None].astype(np.float32)
+        cos, sin = (np.cos(angles)[:, None, None].astype(np.float32),
+                    np.sin(angles)[:, None, None].astype(np.float32))
+        inv = (1 / sizes)[:, None, None].astype(np.float32)
+        u, v = (cos * dx + sin * dy) * inv, (-sin * dx + cos * dy) * inv
+        mask = _shape_mask(shape, u, v)
+        image[mask] = texture(u[mask], v[mask]) + _light(np.broadcast_to(world_y, mask.shape)[mask], canvas_h)[:, None]
+        overlap_px += np.count_nonzero(mask & (layers > 0), axis=(1, 2))
+        layers[mask] = k + 1
+    frames = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return {"frames": frames, "layers": layers, "overlap_px": overlap_px, "labels": labels, "shapes": shapes,
+            "camera": np.column_stack([cam_centre, scale]),
+            "background_shift_px": tuple(float(d) for d in (pan[0] - pan[-1]) / scale.mean()),
+            "zoom": float(scale[0] / scale[-1])}
+
+
+def _sample_separable(canvas, row_y, col_x):
+    """canvas (Hc, Wc, C) sampled at rows row_y (T, H) and columns col_x (T, W), bilinear: (T, H, W, C).
+
+    Interpolating rows first and then columns is exact bilinear sampling and, with one gather per
+    axis, several times faster than gathering the four corners of every pixel.
+    """
+    h, w = canvas.shape[:2]
+    y, x = np.clip(row_y, 0, h - 1.001), np.clip(col_x, 0, w - 1.001)
+    y0, x0 = y.astype(np.int32), x.astype(np.int32)
+    fy, fx = (y - y0)[..., None, None], (x - x0)[..., None, None]
+    rows = (canvas[y0] * (1 - fy) + canvas[y0 + 1] * fy).transpose(0, 2, 1, 3)  # (T, Wc, H, C)
+    t = np.arange(len(col_x))[:, None]
+    image = rows[t, x0] * (1 - fx) + rows[t, x0 + 1] * fx                   # (T, W, H, C)
+    return image.transpose(0, 2, 1, 3)
 
 
 def write_clip(path, seed, index, codec, num_frames, width, height, fps, gop):
-    """Render and encode one clip to `path` (temp name + rename); skip when it exists."""
+    """Render and encode one clip to `path` (written atomically); skip when it exists."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     _, frames = render_clip(seed, index, num_frames, width, height)
-    writer = StreamWriter(codec, fps, width, height, gop)
+    writer = StreamWriter(codec, fps, width, height, gop, quality=QUALITY.get(codec))
     for frame in frames:
         writer.write(frame)
     data = writer.close()
-    with open(f"{path}.tmp", "wb") as f:
-        f.write(data)
-    os.replace(f"{path}.tmp", path)
+    write_bytes_atomic(path, data)
     return len(data)
 
 
@@ -141,10 +246,11 @@ def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=16
                    progress=True):
     """Generate `num_videos` clips and pack them into OUT; returns pack's summary dict.
 
-    The manifest's labels are CLASSES in order; clip i has label i % 8 before the shuffle.
+    The manifest's labels are CLASSES in order; clip i has label i % 8 before the shuffle, and its
+    file is synth-{i:06d} (`clip_labels(seed, i)` gives its shape kind too).
     """
     check_encoder(codec)
-    provenance = {"synth": {"num_videos": num_videos, "codec": codec, "num_frames": num_frames,
+    provenance = {"synth": {"version": 2, "num_videos": num_videos, "codec": codec, "num_frames": num_frames,
                             "width": width, "height": height, "fps": fps, "gop": gop}}
     manifest_path = Path(out) / MANIFEST_NAME
     if manifest_path.is_file():  # fail before generating anything when OUT is another set
