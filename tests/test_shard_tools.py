@@ -1,4 +1,4 @@
-"""vmae2-shard verify, info, synth and the command line."""
+"""vmae2-shard verify, info, the index parser, synth packing and the command line."""
 
 import json
 from pathlib import Path
