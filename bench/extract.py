@@ -1,7 +1,8 @@
 """Feature extraction throughput: `vmae2-train extract` against the published extractor's procedure.
 
     python -m bench.extract                                   # CPU defaults: tiny at 112 px, 4 × 128-frame videos
-    python -m bench.extract --preset vit_s --size 224 --videos 8 --frames 512 --json PATH   # a GPU machine
+    python -m bench.extract --device cuda --preset vit_s --size 224 --videos 8 --frames 512 \
+        --json bench/reports/gpu/extract.json                 # a GPU machine (NVDEC decode for vmae2)
 
 Both read the same videos (synthetic VP9 shards from shard_tools.synth) with the same model, window
 rule (16 frames every --step), preprocessing (--compat official: squash, bilinear, pixels / 255) and
@@ -58,7 +59,8 @@ def pyav_window(container, stream, start: int, window: int, fps: float) -> np.nd
 
 
 @torch.no_grad()
-def published_procedure(model, videos, *, window: int, step: int, size: int) -> tuple[int, dict]:
+def published_procedure(model, videos, *, window: int, step: int, size: int,
+                        device: str = "cpu") -> tuple[int, dict]:
     """The reference extractor's loop: one window at a time. Returns (windows, {key: rows})."""
     import av
 
@@ -75,26 +77,27 @@ def published_procedure(model, videos, *, window: int, step: int, size: int) -> 
                 frames = torch.from_numpy(pyav_window(container, stream, start, window, fps))
                 pixels = frames.permute(3, 0, 1, 2).float() / 255                        # (3, T, H, W)
                 pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-                x = pixels.permute(1, 2, 3, 0)[None] * 255                             # (1, T, S, S, 3)
-                feats.append(window_features(model, x, compat="official")[0].numpy())
+                x = pixels.permute(1, 2, 3, 0)[None].to(device) * 255                  # (1, T, S, S, 3)
+                feats.append(window_features(model, x, compat="official")[0].cpu().numpy())
                 count += 1
             rows[video.key] = np.stack(feats) if feats else None
     return count, rows
 
 
-def run_vmae2(weights: Path, data: Path, *, preset, size, step, batch) -> tuple[float, Path]:
+def run_vmae2(weights: Path, data: Path, *, preset, size, step, batch, device) -> tuple[float, Path]:
     from vmae2.extract import extract
 
     out = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     summary = extract(weights, data, out, preset=preset, size=size, step=step, compat="official", batch=batch,
-                      device="cpu", progress=False)
+                      device=device, progress=False)
     return summary["windows_per_s"], out
 
 
 def markdown(report: dict) -> str:
     env, cfg = report["environment"], report["config"]
+    where = f"GPU: {env.get('gpu')}" if cfg.get("device") == "cuda" else "CPU"
     lines = [
-        "# Feature extraction throughput (CPU)", "",
+        f"# Feature extraction throughput ({where})", "",
         f"Command: `{env['command']}`  ",
         f"Commit: `{env['git_commit']}`{' (dirty tree)' if env.get('git_dirty') else ''}; "
         f"CPU: {env['cpu']} ({env.get('cpu_count', '?')} logical cores); torch {env['torch']}, DALI {env['dali']}, "
@@ -123,12 +126,14 @@ def markdown(report: dict) -> str:
 @click.option("--videos", type=int, default=4, show_default=True, help="synthetic videos")
 @click.option("--frames", type=int, default=128, show_default=True, help="frames per video")
 @click.option("--short-side", type=int, default=128, show_default=True, help="stored video height (4:3)")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="where both extractors run the model (and vmae2 decodes: NVDEC on cuda)")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed runs per extractor")
 @click.option("--data-root", default=str(Path(tempfile.gettempdir()) / "vmae2-bench-extract"), show_default=True,
               help="where the synthetic shards are cached")
 @click.option("--json", "json_path", default="bench/reports/cpu/extract.json", show_default=True,
               help="JSON report; the markdown goes beside it (.md)")
-def main(preset, size, step, batch, videos, frames, short_side, repeats, data_root, json_path):
+def main(preset, size, step, batch, videos, frames, short_side, device, repeats, data_root, json_path):
     """Windows/s of vmae2-train extract against the published one-window-at-a-time procedure."""
     import shutil
 
@@ -144,21 +149,23 @@ def main(preset, size, step, batch, videos, frames, short_side, repeats, data_ro
     torch.manual_seed(0)
     torch.save(VideoClassifier(model_config(preset), 10, drop_path=0.0).state_dict(), weights)
     model, _ = load_model(weights, preset, None, size)
+    model.to(device)
     all_videos = list_videos(open_dataset(data))
 
     # Warm-up: one video each (allocator, DALI pipeline build, PyAV codec init).
-    published_procedure(model, all_videos[:1], window=16, step=step, size=size)
+    published_procedure(model, all_videos[:1], window=16, step=step, size=size, device=device)
     results = {"vmae2": {"label": f"vmae2 extract (DALI stream, batch {batch})", "runs": []},
                "vmae2_batch1": {"label": "vmae2 extract (DALI stream, batch 1)", "runs": []},
                "published": {"label": "published procedure (PyAV seek per window, batch 1)", "runs": []}}
     windows, outs = 0, []
     for _ in range(repeats):
         for name, b in (("vmae2", batch), ("vmae2_batch1", 1)):
-            rate, out = run_vmae2(weights, data, preset=preset, size=size, step=step, batch=b)
+            rate, out = run_vmae2(weights, data, preset=preset, size=size, step=step, batch=b, device=device)
             results[name]["runs"].append(rate)
             outs.append(out)
         start = time.perf_counter()
-        windows, reference_rows = published_procedure(model, all_videos, window=16, step=step, size=size)
+        windows, reference_rows = published_procedure(model, all_videos, window=16, step=step, size=size,
+                                                       device=device)
         results["published"]["runs"].append(windows / (time.perf_counter() - start))
     for row in results.values():
         row["median"] = statistics.median(row["runs"])
@@ -174,7 +181,8 @@ def main(preset, size, step, batch, videos, frames, short_side, repeats, data_ro
     width = (short_side * 4 // 3) // 2 * 2
     report = {"environment": env, "pyav": av.__version__, "torch_threads": torch.get_num_threads(),
               "config": {"preset": preset, "size": size, "step": step, "batch": batch, "videos": videos,
-                         "frames": frames, "short_side": short_side, "width": width, "repeats": repeats},
+                         "frames": frames, "short_side": short_side, "width": width, "repeats": repeats,
+                         "device": device},
               "windows": windows, "results": results, "agreement": agreement,
               "ratio_vmae2_vs_published": results["vmae2"]["median"] / results["published"]["median"]}
     write_json(json_path, report)
