@@ -7,6 +7,7 @@ upstream package, so everyone may import it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -17,14 +18,29 @@ def tmp_path(path) -> str:
     return f"{os.fspath(path)}.tmp"
 
 
+@contextlib.contextmanager
+def open_atomic(path, mode: str = "wb"):
+    """A file to stream into that appears as `path` only when the block ends without an error.
+
+    For data too large to hold in memory (a gigabyte shard); on an error the temporary file is removed.
+    """
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
 def write_bytes_atomic(path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file and a rename."""
-    tmp = tmp_path(path)
-    with open(tmp, "wb") as f:
+    with open_atomic(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return Path(path)
 
 

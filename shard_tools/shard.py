@@ -5,13 +5,14 @@ the planned order, video member then json member per sample, so the same plan al
 same bytes. USTAR headers only (keys are short), so every header is exactly 512 bytes.
 """
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tarfile
 
-from shard_tools.files import tmp_path, write_text_atomic
+from shard_tools.files import open_atomic, write_text_atomic
 from shard_tools.index import format_index
 
 TAR_BLOCK = 512
@@ -49,24 +50,21 @@ def write_shard(samples, tar_path, idx_path):
     Both files are written under `*.tmp` names and renamed when complete; returns
     {"bytes", "sha256", "index_sha256", "num_samples"} of the finished shard.
     """
-    tmp_tar = tmp_path(tar_path)
     members = []
-    with open(tmp_tar, "wb") as raw, tarfile.open(fileobj=raw, mode="w:",
-                                                  format=tarfile.USTAR_FORMAT) as tar:
-        for key, ext, video, meta in samples:
-            if not isinstance(video, bytes):
-                with open(video, "rb") as f:
-                    video = f.read()
-            for name, data in ((f"{key}.{ext}", video), (f"{key}.json", sample_json(meta))):
-                members.append((name, tar.offset + TAR_BLOCK, len(data)))
-                tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-    with open(tmp_tar, "rb") as f:
-        os.fsync(f.fileno())
-    index_text = format_index(members)
-    write_text_atomic(idx_path, index_text)
-    # The tar is streamed (a shard can be a gigabyte), so it is renamed here rather than passed
-    # whole to write_bytes_atomic; it goes last because the tar is what marks the shard present.
-    os.replace(tmp_tar, tar_path)
+    # The tar is streamed (a shard can be a gigabyte); the index is written first, because the
+    # tar's appearance is what marks the shard present.
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(open_atomic(tar_path))
+        with tarfile.open(fileobj=raw, mode="w:", format=tarfile.USTAR_FORMAT) as tar:
+            for key, ext, video, meta in samples:
+                if not isinstance(video, bytes):
+                    with open(video, "rb") as f:
+                        video = f.read()
+                for name, data in ((f"{key}.{ext}", video), (f"{key}.json", sample_json(meta))):
+                    members.append((name, tar.offset + TAR_BLOCK, len(data)))
+                    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        index_text = format_index(members)
+        write_text_atomic(idx_path, index_text)
     return {"bytes": os.path.getsize(tar_path), "sha256": file_sha256(tar_path),
             "index_sha256": hashlib.sha256(index_text.encode("utf-8")).hexdigest(),
             "num_samples": len(samples)}
