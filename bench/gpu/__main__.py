@@ -3,6 +3,7 @@ and end-to-end benches and an epoch projection, each under its own time budget, 
 README. --dry-run runs it all on a CPU at toy sizes. See bench/gpu/README.md."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -61,8 +62,8 @@ def preflight(parts: list[str], dry_run: bool) -> None:
               help="Folder of pre-made shard sets (`python -m bench.gpu make-shards DIR`); missing sets are made "
                    "there when PyAV is installed [default: a folder under the system's temporary directory].")
 @click.option("--parts", default=",".join(PART_NAMES), show_default=True,
-              help="Comma-separated parts to run, in this order; rows of parts run earlier into the same --out "
-                   "are kept.")
+              help="Comma-separated parts to run (always in the order shown); rows of parts run earlier into the "
+                   "same --out are kept.")
 @click.option("--budget-s", default=480.0, show_default=True,
               help="Wall-clock budget of the whole run in seconds; each part also stops at its own budget.")
 @click.option("--dry-run", is_flag=True,
@@ -93,6 +94,10 @@ def main(ctx, out, shards, parts, budget_s, dry_run):
     click.echo(f"wrote {readme}")
     for row in payload["rows"]:
         click.echo(f"{row['part']:11} {row['status']:9} {row.get('wall_s', '-')!s:>7} s  {row.get('reason', '')}")
+    tests = out / "gpu_tests.json"
+    if tests.is_file():
+        counts = json.loads(tests.read_text())["counts"]
+        click.echo("gpu tests: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     if any(r["status"] != "ok" for r in payload["rows"] if r["part"] in chosen):
         ctx.exit(1)
 

@@ -205,7 +205,8 @@ def run_all(out: Path, shards: Path, parts: list[str] | None, budget_s: float, d
     deadline = time.perf_counter() + budget_s
     env_vars = {"VMAE2_GPU_SHARDS": str(shards), "PYTHONUNBUFFERED": "1"}
     previous = json.loads((out / RUN_RECORD).read_text()) if (out / RUN_RECORD).is_file() else {}
-    rows = {r["part"]: r for r in previous.get("rows", [])}
+    # rows of an earlier call are kept only when that call measured the same way (both dry or both not)
+    rows = {r["part"]: r for r in previous.get("rows", [])} if previous.get("dry_run") == dry_run else {}
     for i, part in enumerate(chosen):
         left = deadline - time.perf_counter() - (REPORT_RESERVE_S if i < len(chosen) - 1 else 0)
         limit = min(part.budget_s, left)
