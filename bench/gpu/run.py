@@ -24,6 +24,7 @@ from typing import Callable
 from bench.env import environment, write_json
 
 RUN_RECORD = "gpu_run.json"
+ROOT = Path(__file__).resolve().parents[2]   # the repository: parts run from here
 REPORT_RESERVE_S = 10  # kept back from the total budget for the epoch projection's report
 
 
@@ -44,7 +45,7 @@ def python_m(module: str, *args: str) -> list[str]:
 def options_of(module: str) -> set[str]:
     """The long options a module's CLI lists in --help (to call another bench by its current flags)."""
     try:
-        out = subprocess.run(python_m(module, "--help"), capture_output=True, text=True, timeout=120)
+        out = subprocess.run(python_m(module, "--help"), capture_output=True, text=True, timeout=120, cwd=ROOT)
     except (OSError, subprocess.SubprocessError):
         return set()
     return {word.split("=")[0].rstrip(",") for word in out.stdout.split() if word.startswith("--")}
@@ -76,7 +77,7 @@ def loader_argv(shards: Path, dry_run: bool, supported: set[str], dropped: list[
 
 def plan(shards: Path, dry_run: bool) -> list[Part]:
     """The parts in run order, sized for a GPU (about 480 s in all) or, with dry_run, for a CPU."""
-    test_env = "tests/test_gpu.py"
+    test_file = str(ROOT / "tests" / "test_gpu.py")
     if dry_run:
         toy = ["--presets", "tiny", "--model", "img_size=56", "--model", "num_frames=8", "--batch", "2",
                "--warmup", "1"]
@@ -105,7 +106,7 @@ def plan(shards: Path, dry_run: bool) -> list[Part]:
 
     return [
         Part("gpu_tests", 140, lambda out: python_m(
-            "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", test_env,
+            "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", test_file,
             f"--junitxml={out / 'gpu_tests.xml'}"), needs_dali=True),
         Part("step", 90, lambda out: python_m(
             "bench.step", *step, "--compile", "off", "--checkpointing", "off", "--no-max-batch",
@@ -139,7 +140,7 @@ def run_part(part: Part, out: Path, limit_s: float, env_vars: dict) -> dict:
     with open(log_path, "w") as log:
         if sampler is not None:
             sampler.__enter__()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                                 env={**os.environ, **env_vars})
         try:
             returncode = proc.wait(timeout=limit_s)
@@ -199,6 +200,7 @@ def write_test_results(out: Path, env: dict, row: dict) -> None:
 def run_all(out: Path, shards: Path, parts: list[str] | None, budget_s: float, dry_run: bool,
             echo=print) -> dict:
     """Run the chosen parts (all when None) into `out` and write gpu_run.json; returns its payload."""
+    out, shards = Path(out).resolve(), Path(shards).resolve()   # the parts run from the repository root
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     chosen = [p for p in plan(shards, dry_run) if parts is None or p.name in parts]
