@@ -55,10 +55,8 @@ FEATURE_OPTIONS = ("weights", "data", "preset", "window", "step", "frame_stride"
 
 def open_dataset(data):
     """The checked shard set (dali_pipes' opener, which names the file and the fix on a bad dataset)."""
-    try:
-        from dali_pipes.shards import open_shards
-    except ImportError:
-        from dali_pipes.manifest import open_shards
+    from dali_pipes.shards import open_shards
+
     return open_shards(data)
 
 
