@@ -50,7 +50,7 @@ SKIPPED_NAME = "skipped.jsonl"
 ENTRIES_DIR = "entries"
 POOL_MODES = ("mean", "none")
 # Options that change the features: a rerun into the same folder must repeat them.
-FEATURE_OPTIONS = ("weights", "data", "preset", "window", "step", "frame_stride", "size", "compat", "pool")
+FEATURE_OPTIONS = ("weights", "data", "model", "window", "step", "frame_stride", "size", "compat", "pool")
 
 
 def open_dataset(data):
@@ -173,11 +173,18 @@ def _check_config(out: Path, options: dict, is_main: bool) -> None:
         saved = json.loads(path.read_text(encoding="utf-8"))
         diff = [k for k in FEATURE_OPTIONS if saved.get(k) != options.get(k)]
         if diff:
-            pairs = ", ".join(f"{k}: {saved.get(k)!r} there, {options.get(k)!r} now" for k in diff)
+            pairs = ", ".join(_difference(k, saved.get(k), options.get(k)) for k in diff)
             raise ValueError(f"{path}: this folder holds features made with other options ({pairs}); pass the "
                              f"same options to continue it, or another --out")
     elif is_main:
         write_json_atomic(path, options)
+
+
+def _difference(key: str, there, now) -> str:
+    if isinstance(there, dict) and isinstance(now, dict):
+        return ", ".join(f"{key}.{k}: {there.get(k)!r} there, {now.get(k)!r} now"
+                         for k in sorted(set(there) | set(now)) if there.get(k) != now.get(k))
+    return f"{key}: {there!r} there, {now!r} now"
 
 
 def merge_index(out: Path, videos: list[Video]) -> tuple[int, int]:
@@ -220,10 +227,11 @@ def extract(weights, data, out, *, preset: str | None = None, window: int | None
     cfg = model.cfg
     out = Path(out)
     (out / ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
-    options = {"weights": str(weights), "data": str(shards.root), "preset": preset, "window": cfg.num_frames,
-               "step": step, "frame_stride": frame_stride, "size": cfg.img_size, "compat": compat, "pool": pool,
-               "feature_dim": cfg.embed_dim, "dataset_frame_stride": shards.frame_stride,
-               "model": dataclasses.asdict(cfg)}
+    weights_id = str(weights) if str(weights).startswith("hf://") else str(Path(weights).resolve())
+    options = {"weights": weights_id, "data": str(Path(shards.root).resolve()), "preset": preset,
+               "window": cfg.num_frames, "step": step, "frame_stride": frame_stride, "size": cfg.img_size,
+               "compat": compat, "pool": pool, "feature_dim": cfg.embed_dim,
+               "dataset_frame_stride": shards.frame_stride, "model": dataclasses.asdict(cfg)}
     _check_config(out, options, env.is_main)
 
     videos = list_videos(shards)
