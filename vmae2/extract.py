@@ -141,7 +141,7 @@ class _Pending:
 
     video: Video
     starts: list[int]
-    rows: list[np.ndarray] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)   # (D,) or (N, D) each, on the model's device
     decoded: bool = False
 
 
@@ -152,7 +152,7 @@ def _entry_path(out: Path, key: str) -> Path:
 def _write_features(out: Path, pending: _Pending) -> None:
     video = pending.video
     buf = io.BytesIO()
-    rows = np.stack(pending.rows).astype(np.float32, copy=False)
+    rows = torch.stack(pending.rows).float().cpu().numpy()
     np.save(buf, rows)
     write_bytes_atomic(out / f"{video.key}.npy", buf.getvalue())
     write_json_atomic(_entry_path(out, video.key), {
@@ -248,7 +248,10 @@ def extract(weights, data, out, *, preset: str | None = None, window: int | None
     def run_batch():
         if batch_frames:
             feats = window_features(model, torch.stack(batch_frames).to(env.device), compat, pool)
-            for owner, row in zip(batch_owners, feats.float().cpu().numpy(), strict=True):
+            # Pooled rows stay on the device until their video is written, so the host decodes the next
+            # windows while the GPU computes; token grids are large and come to the host now.
+            feats = feats.cpu() if pool == "none" else feats
+            for owner, row in zip(batch_owners, feats, strict=True):
                 owner.rows.append(row)
             counts["windows"] += len(batch_frames)
             batch_frames.clear()
