@@ -73,6 +73,16 @@ def test_total_budget_skips_the_parts_that_no_longer_fit(tmp_path, monkeypatch):
     assert rows["second"]["status"] == "skipped" and "budget of 6 s was spent" in rows["second"]["reason"]
 
 
+def test_a_part_missing_its_inputs_is_skipped_and_says_which(tmp_path, monkeypatch):
+    from bench.gpu import run
+
+    needy = run.Part("epoch", 30, lambda out: [sys.executable, "-c", "print('never')"], requires=("step.json",))
+    monkeypatch.setattr(run, "plan", lambda shards, dry_run: [needy])
+    row = run.run_all(tmp_path, tmp_path, None, budget_s=60, dry_run=True, echo=lambda m: None)["rows"][0]
+    assert row["status"] == "skipped" and row["reason"] == "needs step.json from an earlier part"
+    assert not (tmp_path / "epoch.log").exists()
+
+
 def test_without_a_gpu_the_full_run_fails_fast_and_says_why():
     from bench.gpu.__main__ import main
 

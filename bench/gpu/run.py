@@ -35,6 +35,7 @@ class Part:
     argv: Callable[[Path], list[str]]          # the command, built when the part starts (out folder → argv)
     needs_dali: bool = False                   # DALI must be importable
     sample_utilisation: bool = False           # sample GPU / NVDEC use with nvidia-smi while it runs
+    requires: tuple[str, ...] = ()             # files in the report folder that earlier parts must have written
     extra: dict = field(default_factory=dict)  # recorded beside the outcome
 
 
@@ -118,7 +119,7 @@ def plan(shards: Path, dry_run: bool) -> list[Part]:
              extra={"flags_not_supported": dropped}),
         Part("e2e", 80, lambda out: python_m("bench.e2e", *e2e, "--json", str(out / "e2e.json")),
              needs_dali=True, sample_utilisation=True),
-        Part("epoch", 20, epoch),
+        Part("epoch", 20, epoch, requires=("step.json",)),
     ]
 
 
@@ -212,6 +213,12 @@ def run_all(out: Path, shards: Path, parts: list[str] | None, budget_s: float, d
     for i, part in enumerate(chosen):
         left = deadline - time.perf_counter() - (REPORT_RESERVE_S if i < len(chosen) - 1 else 0)
         limit = min(part.budget_s, left)
+        missing = [name for name in part.requires if not (out / name).is_file()]
+        if missing:
+            rows[part.name] = {"part": part.name, "budget_s": part.budget_s, "status": "skipped",
+                               "reason": f"needs {', '.join(missing)} from an earlier part"}
+            echo(f"[{part.name}] skipped: needs {', '.join(missing)}")
+            continue
         if left < min(5, part.budget_s):   # too little left to start a Python process and do anything
             rows[part.name] = {"part": part.name, "budget_s": part.budget_s, "status": "skipped",
                                "reason": f"the total budget of {budget_s:.0f} s was spent"}
