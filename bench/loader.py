@@ -64,7 +64,7 @@ def breakdown(data, codec, batch_size, threads, opts, batches, warmup, repeats) 
     one crop (num_sample=1) against the full num_sample crops, per decoded video. Rows carry no
     clips/s: they are not a loader's rate."""
     sizes = {k: v for k, v in opts.items() if k != "device"}
-    rows = [{"codec": codec, "loader": "stage: sampling pipeline only", "threads": 1,
+    rows = [{"codec": codec, "loader": "stage: sampling stage only", "threads": 1,
              **sampling_stage_rate(data, batch_size, sizes, batches, warmup, repeats)}]
     for n in (1, opts["num_sample"]):
         o = {**opts, "num_sample": n}
@@ -257,9 +257,10 @@ def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample
     sizes = dict(num_sample=num_sample, num_frames=num_frames, img_size=img_size, stride=stride,
                  patch_size=patch_size)
     results, notes = [], []
+    throughput_batches = batches or (20 if gpu else 4)
     if stage in ("all", "throughput"):
         results += throughput_stage(codecs, videos, short_side, video_frames, batch_size, threads,
-                                    batches or (20 if gpu else 4), warmup, repeats, data_root, device, sizes, notes)
+                                    throughput_batches, warmup, repeats, data_root, device, sizes, notes)
     if stage in ("all", "sampling"):
         data = make_dataset(Path(data_root), "vp9", sampling_videos, sampling_short_side, video_frames)
         n = batches or 20
@@ -279,7 +280,7 @@ def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample
               "decord": getattr(decord, "__version__", None),
               "config": dict(videos=videos, short_side=short_side, video_frames=video_frames, batch_size=batch_size,
                              num_sample=num_sample, num_frames=num_frames, img_size=img_size, stride=stride,
-                             threads=threads, batches=batches, warmup=warmup, repeats=repeats, codecs=codecs,
+                             threads=threads, batches=throughput_batches, warmup=warmup, repeats=repeats, codecs=codecs,
                              stage=stage),
               "results": results, "notes": notes}
     if before_path:
