@@ -34,8 +34,7 @@ from nvidia.dali import fn
 from shard_tools.index import parse_index
 
 from . import augment
-from .loader import ClipLoader, _Producer
-from .pipeline import clip_pipeline
+from .loader import ClipLoader
 from .shards import DatasetError, ShardSet, open_shards
 from .views import (
     SAMPLINGS,
@@ -250,25 +249,6 @@ class TestRecipe:
 
 
 # ---- loaders -----------------------------------------------------------------------------------------
-class RecipeLoader(ClipLoader):
-    """ClipLoader whose clip pipeline takes the recipe's pipeline_kwargs (enable_conditionals for RandAugment).
-
-    The same as ClipLoader._build apart from those kwargs; it goes when ClipLoader passes them itself.
-    """
-
-    def _build(self, checkpoint, batches_done: int) -> None:
-        self.close()
-        self._batches_done = batches_done
-        self._last_checkpoint = checkpoint
-        self._producer = _Producer(self.sampling_stage(checkpoint, batches_done), self.recipe.input_names,
-                                   depth=self.prefetch + 1)
-        self._clips = clip_pipeline(self.recipe, self.backend, self._producer.take, batch_size=self.batch_size,
-                                    num_threads=self.num_threads, device_id=self.device_id, seed=self.seed,
-                                    prefetch_queue_depth=self.prefetch, exec_dynamic=True,
-                                    **self.recipe.pipeline_kwargs)
-        self._clips.build()
-
-
 class TestLoader:
     """One pass over the test set per iteration, each video's views together, padding marked invalid."""
 
@@ -309,7 +289,7 @@ def finetune_loader(data, batch_size: int, cfg: FinetuneConfig | None = None, *,
     shards = open_shards(data)
     check_labels(shards, "fine-tuning")
     recipe = FinetuneRecipe(cfg, shards.stored_stride(cfg.stride) if cfg.sampling == "dense" else 1)
-    return RecipeLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size, seed=seed,
+    return ClipLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size, seed=seed,
                         num_threads=num_threads, shuffle=shuffle, initial_fill=initial_fill, prefetch=prefetch)
 
 
@@ -320,7 +300,7 @@ def test_loader(data, batch_size: int, cfg: TestConfig | None = None, *, device=
     shards = open_shards(data)
     check_labels(shards, "test")
     recipe = TestRecipe(cfg, shards.stored_stride(cfg.stride) if cfg.sampling == "dense" else 1)
-    return TestLoader(RecipeLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size,
+    return TestLoader(ClipLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size,
                                    seed=0, num_threads=num_threads, shuffle=False, initial_fill=1,
                                    prefetch=prefetch))
 

@@ -270,7 +270,7 @@ class ClipLoader:
         self._batches_done = batches_done      # batches handed out, over all epochs
         self._last_checkpoint = checkpoint     # reader state right after that batch
         options = dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
-                       seed=self.seed)
+                       seed=self.seed, **getattr(self.recipe, "pipeline_kwargs", {}))  # e.g. enable_conditionals
         self._engine = _Engine(self.sampling_stage(checkpoint, batches_done), self.recipe, options, self.backend,
                                self.prefetch)
 
