@@ -19,6 +19,8 @@ A recipe is any object with:
                            (batch first, on the device) and the batch's sample keys
     release(arrays)        optional: a batch's sample() arrays once the clip pipeline has consumed
                            them, so the recipe may reuse their memory
+    pipeline_kwargs        optional dict: more @pipeline_def arguments of the clip pipeline
+                           (e.g. enable_conditionals for RandAugment)
 
 Sharding across ranks: DALI's reader gives rank r the r-th contiguous range of samples (the ranges
 rotate by one each epoch) and pads every range to ceil(num_samples / world_size) by repeating its
