@@ -25,7 +25,7 @@ probs.reshape(B, V, C).mean(1), counted where valid.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from shard_tools.index import parse_index
 
 from . import augment
 from .loader import ClipLoader
+from .mixture import is_mixture, mixture_loader
 from .shards import DatasetError, ShardSet, open_shards
 from .views import (
     SAMPLINGS,
@@ -282,10 +283,20 @@ class TestLoader:
 
 def finetune_loader(data, batch_size: int, cfg: FinetuneConfig | None = None, *, device=None, rank: int = 0,
                     world_size: int = 1, seed: int = 0, num_threads: int | None = None, shuffle: bool = True,
-                    initial_fill: int = 256, prefetch: int = 2) -> ClipLoader:
+                    initial_fill: int = 256, prefetch: int = 2, label_map=None) -> ClipLoader:
     """Fine-tuning batches (module doc) from a labeled vmae2-shard folder; state_dict() / load_state_dict()
-    resume mid-epoch. batch_size counts videos decoded per step (B·num_sample clips)."""
+    resume mid-epoch. batch_size counts videos decoded per step (B·num_sample clips).
+
+    data may also be a mixture (a mixture file or a list of {path, weight, stride}; dali_pipes.mixture),
+    e.g. K710 from K400, K600 and K700 with `label_map` the K710 label map.
+    """
     cfg = cfg or FinetuneConfig()
+    if is_mixture(data):
+        def one(path, stride, source_seed):
+            return finetune_loader(path, batch_size, replace(cfg, stride=stride or cfg.stride), device=device,
+                                   rank=rank, world_size=world_size, seed=source_seed, num_threads=num_threads,
+                                   shuffle=shuffle, initial_fill=initial_fill, prefetch=prefetch)
+        return mixture_loader(data, one, seed=seed, rank=rank, label_map=label_map)
     shards = open_shards(data)
     check_labels(shards, "fine-tuning")
     recipe = FinetuneRecipe(cfg, shards.stored_stride(cfg.stride) if cfg.sampling == "dense" else 1)

@@ -25,12 +25,17 @@ import numpy as np
 import torch
 
 from shard_tools.format import read_manifest
-from shard_tools.mixture import is_mixture_file, read_mixture
+from shard_tools.mixture import is_mixture_file, mixture_entries, read_mixture
 from shard_tools.sources import read_label_map
 
 from .shards import DatasetError
 
-__all__ = ["MixtureLoader", "is_mixture_file", "mixture_loader"]
+__all__ = ["MixtureLoader", "is_mixture", "mixture_loader"]
+
+
+def is_mixture(data) -> bool:
+    """A mixture: a list of {path, weight, stride} entries, or a mixture file (not a manifest.json)."""
+    return isinstance(data, (list, tuple)) or is_mixture_file(data)
 
 
 def label_remaps(sources: list[dict], label_map) -> list[torch.Tensor | None]:
@@ -128,13 +133,14 @@ def _forever(loader):
         yield from loader
 
 
-def mixture_loader(path, build, *, seed: int = 0, rank: int = 0, label_map=None) -> MixtureLoader:
-    """A MixtureLoader over the datasets of mixture file `path`.
+def mixture_loader(data, build, *, seed: int = 0, rank: int = 0, label_map=None) -> MixtureLoader:
+    """A MixtureLoader over the datasets of a mixture file, or of a list of {path, weight, stride} entries
+    (relative paths from the working folder).
 
     build(data, stride or None, seed) -> a loader for one dataset; the stride is the entry's own (None: the
     run's). Each dataset's loader gets its own seed, so their shuffles and draws are independent.
     """
-    sources = read_mixture(path)
+    sources = mixture_entries(list(data), Path.cwd()) if isinstance(data, (list, tuple)) else read_mixture(data)
     loaders = [build(str(s["path"]), s["stride"], seed + 7919 * i) for i, s in enumerate(sources)]
     return MixtureLoader(sources, loaders, seed=seed, rank=rank, label_map=label_map)
 

@@ -14,6 +14,7 @@ T = sampling.num_frames, S = sampling.img_size. Sharding, prefetching and resume
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch
 from . import graph
 from .loader import ClipLoader
 from .masking import MASK_KEYS
+from .mixture import is_mixture, mixture_loader
 from .sampling import SamplingConfig, draw_pretrain_batch
 from .shards import open_shards
 
@@ -68,8 +70,9 @@ class PretrainRecipe:
 
 def pretrain_loader(data, batch_size: int, sampling: SamplingConfig, *, device=None, rank: int = 0,
                     world_size: int = 1, seed: int = 0, num_threads: int | None = None, shuffle: bool = True,
-                    initial_fill: int = 256, prefetch: int = 2) -> ClipLoader:
-    """Batches of VideoMAE V2 pre-training from a vmae2-shard folder (or its manifest.json).
+                    initial_fill: int = 256, prefetch: int = 2, label_map=None) -> ClipLoader:
+    """Batches of VideoMAE V2 pre-training from a vmae2-shard folder (or its manifest.json), or from a
+    mixture of several (a mixture file or a list of {path, weight, stride}: dali_pipes.mixture).
 
     batch_size: videos decoded per batch (the batch holds batch_size · sampling.num_sample clips).
     sampling: what is drawn per video; its stride is in source frames, mapped here to the stored
@@ -77,10 +80,18 @@ def pretrain_loader(data, batch_size: int, sampling: SamplingConfig, *, device=N
     device: None (CUDA when torch sees one, else CPU), "cpu", "cuda[:k]" or k.
     rank, world_size: this process's share of every epoch; seed: reader shuffle and random draws.
     num_threads: DALI threads of the clip pipeline (default all cores); shuffle, initial_fill: the
-    reader's shuffle buffer; prefetch: batches the clip pipeline runs ahead.
+    reader's shuffle buffer; prefetch: batches the clip pipeline runs ahead. label_map: a mixture's
+    one label space (a label map file), when its datasets are labeled differently.
     """
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a dali_pipes.sampling.SamplingConfig, got {type(sampling).__name__}")
+    if is_mixture(data):      # several datasets, each at its own stride (dali_pipes.mixture)
+        def one(path, stride, source_seed):
+            return pretrain_loader(path, batch_size, replace(sampling, stride=stride or sampling.stride),
+                                   device=device, rank=rank, world_size=world_size, seed=source_seed,
+                                   num_threads=num_threads, shuffle=shuffle, initial_fill=initial_fill,
+                                   prefetch=prefetch)
+        return mixture_loader(data, one, seed=seed, rank=rank, label_map=label_map)
     shards = open_shards(data)
     recipe = PretrainRecipe(sampling, shards.stored_stride(sampling.stride))
     return ClipLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size, seed=seed,

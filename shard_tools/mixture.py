@@ -53,18 +53,22 @@ def read_mixture(path):
     path = Path(path)
     if not path.is_file():
         raise MixtureError(f"{path}: no such mixture file")
-    entries = _load(path)
+    return mixture_entries(_load(path), path.parent, str(path))
+
+
+def mixture_entries(entries, folder, where="mixture"):
+    """The checked entries of a mixture given as a Python list (relative paths from `folder`)."""
     example = '[{"path": "k710", "weight": 0.6, "stride": 4}, ...]'
     if not isinstance(entries, list) or not entries:
-        raise MixtureError(f"{path}: a mixture file holds a non-empty list of datasets, like "
+        raise MixtureError(f"{where}: a mixture holds a non-empty list of datasets, like "
                            f"{example}; found {type(entries).__name__}")
-    sources = [_entry(path, n, entry) for n, entry in enumerate(entries)]
+    sources = [_entry(folder, n, entry, where) for n, entry in enumerate(entries)]
     total = sum(s["weight"] for s in sources)
     return [s | {"share": s["weight"] / total} for s in sources]
 
 
-def _entry(path, n, entry):
-    where = f"{path}: entry {n}"
+def _entry(base, n, entry, name):
+    where = f"{name}: entry {n}"
     if not isinstance(entry, dict):
         raise MixtureError(f"{where} is {entry!r}; write each entry as {{path, weight, stride}}")
     unknown = sorted(set(entry) - set(MIXTURE_KEYS))
@@ -74,7 +78,7 @@ def _entry(path, n, entry):
     data = entry.get("path")
     if not isinstance(data, str) or not data:
         raise MixtureError(f"{where} has no path; give the dataset folder (or its manifest.json)")
-    folder = (path.parent / data).resolve()
+    folder = (Path(base) / data).resolve()
     if folder.name == MANIFEST_NAME:
         folder = folder.parent
     if not (folder / MANIFEST_NAME).is_file():

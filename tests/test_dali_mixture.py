@@ -92,6 +92,17 @@ def test_labels_map_into_one_label_space(mixture, tmp_path):
         build(mixture, label_map=label_map)
 
 
+def test_pretrain_loader_takes_a_mixture_list(mixture, monkeypatch):
+    monkeypatch.chdir(mixture.parent)
+    entries = [{"path": "a", "weight": 1, "stride": 4}, {"path": "b", "weight": 1}]
+    loader = dali_pipes.pretrain_loader(entries, 2, CFG, device="cpu", num_threads=1)
+    assert isinstance(loader, MixtureLoader) and len(loader) == 6
+    for batch in take(loader, 6):
+        assert set(batch["masks"]) == {"visible_idx", "query_idx", "loss_idx"}
+        for clip in batch["video"].numpy():              # a: its own stride 4; b: the run's stride 2
+            assert (np.diff(frame_numbers(clip)) == (4 if batch["source"] == 0 else 2)).all()
+
+
 def test_mixture_needs_a_loader_per_dataset():
     with pytest.raises(ValueError, match="one loader per dataset"):
         MixtureLoader([], [])

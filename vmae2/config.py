@@ -157,6 +157,7 @@ class FinetuneConfig(TrainConfig):
     dataset: str = "k400"                # recipe of the published scripts: k400, k710, ssv2, ...
     val_data: str = ""                   # labeled validation shards ("" = no evaluation)
     head_rows: str = ""                  # file mapping a K710 head onto the target's classes ("" = none)
+    label_map: str = ""                  # one label space for a mixture of labeled sets (K710's label map)
     sampling: str = "dense"              # dense (Kinetics clips) | tsn (SSv2 segments)
     drop_path: float = 0.1               # stochastic depth at the last block
     head_dropout: float = 0.0            # dropout before the linear head

@@ -17,8 +17,8 @@ from torch import nn
 
 from . import optim
 from .config import FinetuneConfig, PretrainConfig, TrainConfig
-from .overrides import ConfigError
 from .model import VideoClassifier, VideoMAEv2
+from .overrides import ConfigError
 
 
 def check_data(path: str, name: str = "data") -> None:
@@ -93,7 +93,7 @@ class Classification:
 
     def __init__(self, cfg: FinetuneConfig, num_classes: int | None = None):
         self.cfg = cfg
-        self.num_classes = num_classes or dataset_num_classes(cfg.data)
+        self.num_classes = num_classes or dataset_num_classes(cfg.data, cfg.label_map)
         self.mixup = None
         if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
             from timm.data import Mixup
@@ -121,7 +121,7 @@ class Classification:
 
         return finetune_loader(self.cfg.data, self.cfg.batch_videos_per_gpu, classify_config(self.cfg),
                                device=env.device, rank=env.rank, world_size=env.world_size, seed=self.cfg.seed,
-                               num_threads=self.cfg.loader_threads)
+                               num_threads=self.cfg.loader_threads, label_map=self.cfg.label_map or None)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         video, label = batch["video"], batch["label"]
@@ -188,13 +188,19 @@ def eval_config(cfg: FinetuneConfig, views: tuple[int, int]):
                                num_clips=views[0], num_crops=views[1], short_side=m.img_size)
 
 
-def dataset_num_classes(data: str) -> int:
-    """Classes of a labeled shard set (its manifest's label map); an unlabeled set is an error."""
+def dataset_num_classes(data: str, label_map: str = "") -> int:
+    """Classes of a labeled shard set (its manifest's label map), or of a mixture's label map file."""
     check_data(data)
+    from dali_pipes.mixture import is_mixture
     from dali_pipes.shards import open_shards
     from shard_tools.format import read_manifest
+    from shard_tools.mixture import read_mixture
+    from shard_tools.sources import read_label_map
 
-    labels = read_manifest(open_shards(data).root)["labels"]
+    if label_map:
+        return len(read_label_map(label_map))
+    root = read_mixture(data)[0]["path"] if is_mixture(data) else open_shards(data).root
+    labels = read_manifest(root)["labels"]
     if not labels:
         raise ValueError(f"{data}: the dataset has no labels (manifest 'labels' is empty); fine-tuning needs a "
                          f"labeled set (vmae2-shard pack with class folders or a `path label` list, or synth)")
