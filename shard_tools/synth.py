@@ -3,16 +3,17 @@
 Each clip films a scene the way a camera films the world, so that, as in natural video, a masked
 patch can be predicted from its context:
 
-- a smooth background: a colour gradient in a random direction, shaded by low-frequency noise and
-  broad soft ripples, so that nearly every patch holds a gradient and none holds per-pixel grain;
-- several textured shapes (ellipse, box, triangle or star, with wide stripes, checks or rings and
-  a shading gradient, so their edges and textures fall at the scale of a patch); the main shape,
-  the largest, moves by the clip's class, the others drift and spin at random and pass behind it
-  and each other (occlusions);
+- light from above: every surface is brighter towards the top of the scene, so every patch holds a
+  clear ramp (which per-patch normalisation, spec §4, keeps) and none is flat or grainy;
+- a smooth background: a random colour bent by low-frequency waves (a smooth noise field);
+- several textured shapes (ellipse, box, triangle or star, with wide stripes, checks or rings, so
+  their edges and textures fall at the scale of a patch); the main shape, the largest, moves by
+  the clip's class, the others drift and spin at random and pass behind it and each other
+  (occlusions);
 - a camera that pans and zooms slowly over the whole scene (global motion between frames).
 
 The class is the main shape's motion: translate left/right/up/down, rotate clockwise/anticlockwise
-(in image coordinates, y down), grow or shrink. Its shape kind is an appearance label
+(in scene coordinates, y down), grow or shrink. Its shape kind is an appearance label
 (`clip_labels`). Shapes, textures, colours, positions, speeds and the camera are drawn
 independently of the class, so a single frame does not reveal it. Clip i of seed s is a pure
 function of (s, i, size, frames).
