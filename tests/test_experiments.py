@@ -99,8 +99,15 @@ def test_budget_commands_run_through_the_loop_and_report(tmp_path):
         assert result.exit_code == 0, result.output
     result = runner.invoke(budget.main, ["finetune", "--out", str(out), "--init", str(tmp_path / "nope.pt")])
     assert result.exit_code == 2 and "no such weights file" in result.output
+    result = runner.invoke(budget.main, ["plateau", "--out", str(out), "--weights", weights, "--videos", "4",
+                                         "--batches", "2"])
+    assert result.exit_code == 0, result.output
     rows = read_jsonl(out / "results.jsonl")
-    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune"]
+    assert [r["kind"] for r in rows] == ["pretrain", "finetune", "finetune", "finetune", "plateau"]
+    plateau = rows[-1]
+    assert plateau["clips"] == 16 and abs(plateau["zero"] - 1) < 0.02     # normalised targets: 0 scores ~1
+    assert plateau["constant"] <= plateau["zero"] and plateau["model"] > 0
+    rows = rows[:-1]
     assert [r["label"] for r in rows[1:]] == ["motion", "motion", "shape"]
     assert all(r["top1"] in (0.0, 100 / 3, 200 / 3, 100.0) and r["views"] == 6 for r in rows[1:])
     assert rows[2]["init"] == weights and rows[0]["command"].startswith("python -m ")
@@ -113,7 +120,7 @@ def test_budget_commands_run_through_the_loop_and_report(tmp_path):
     assert "| motion (12.5 %) | pretrain-dec0.5-2 | 2 | 4 | 3 (6) |" in md
     assert "| shape (25.0 %) | scratch | 2 | 4 | 3 (6) |" in md
     assert "Pre-training loss, pretrain-dec0.5-2 (2 videos" in md
-    assert len(json.loads((reports / "budget.json").read_text())["rows"]) == 4
+    assert len(json.loads((reports / "budget.json").read_text())["rows"]) == 5
     (reports / "budget.md").write_text(md + "\nWhat the rows show.\n")
     result = runner.invoke(budget.main, ["report", "--out", str(out), "--report-dir", str(reports)])
     assert result.exit_code == 0, result.output

@@ -2,6 +2,7 @@
 
     python -m bench.experiments.budget pretrain --out /tmp/budget --steps 3000 [--decoder-mask-ratio 0.5]
     python -m bench.experiments.budget finetune --out /tmp/budget [--init RUN/pretrain_final.pt] [--label shape]
+    python -m bench.experiments.budget plateau --out /tmp/budget --weights RUN/pretrain_final.pt
     python -m bench.experiments.budget report --out /tmp/budget
 
 Every run goes through the one training loop (`vmae2.train.train`) with tiny's recipes (`pretrain_config`,
@@ -287,6 +288,65 @@ def finetune(out, init, videos, val_videos, label, steps, threads, sets):
                         "final_train_loss": losses[-1], "wall_s": summary["wall_s"], "threads": threads,
                         **run_record()})
     print(f"top-1 {summary['result']['top1']:.1f} % ({label}, {start}) -> {out / 'results.jsonl'}")
+
+
+def plateau_losses(model, loader, batches: int) -> dict:
+    """Pre-training loss of `model` and of predictors that know no scene, on the same clips and masks.
+
+    zero: predict 0 for every normalised target (a loss of 1.0 per token by construction); constant: the
+    one normalised patch that is best on average over these targets; per_position: the best such patch
+    for each token position. A model at the `constant` loss has learned what every patch shares (e.g. a
+    vertical light ramp), nothing about the scene.
+    """
+    from vmae2.model import normalize_video, token_stats
+
+    model.eval()
+    targets, positions, losses = [], [], []
+    with torch.no_grad():
+        for _, batch in zip(range(batches), loader):
+            loss, _ = model(batch["video"], batch["masks"])
+            losses.append(float(loss))
+            pixels, _ = normalize_video(batch["video"])
+            patches = model.patchify(pixels)                                     # (B, N, 2pp, 3)
+            mean, std = token_stats(patches)
+            targets.append(((patches - mean) / std).flatten(2))                  # (B, N, 2pp·3)
+            positions.append(torch.gather(batch["masks"]["query_idx"], 1, batch["masks"]["loss_idx"]))
+    target = torch.cat(targets)                                                  # (clips, N, 2pp·3)
+    loss_tokens = torch.cat(positions)                                           # (clips, N_loss)
+    picked = torch.gather(target, 1, loss_tokens[:, :, None].expand(-1, -1, target.shape[-1]))
+    constant = (picked - picked.mean(dim=(0, 1))).pow(2).mean()
+    per_position = (target - target.mean(dim=0)).pow(2).mean()                  # over all tokens
+    return {"model": float(np.mean(losses)), "zero": float(picked.pow(2).mean()), "constant": float(constant),
+            "per_position": float(per_position), "clips": int(target.shape[0])}
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the clip cache and results.")
+@click.option("--weights", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Pre-training weights (RUN/pretrain_final.pt).")
+@click.option("--videos", default=160, show_default=True,
+              help="Videos to draw clips from: the labeled split (seed 1), which pre-training did not see.")
+@click.option("--batches", default=16, show_default=True, help="Batches of the pre-training recipe to score.")
+@click.option("--decoder-mask-ratio", default=0.5, show_default=True, help="Masks of the scored batches.")
+def plateau(out, weights, videos, batches, decoder_mask_ratio):
+    """Where a pre-training loss stands: the model vs predictors that know nothing of the scene."""
+    from vmae2.model import VideoMAEv2
+    from vmae2.weights import load_weights
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, frames = render_set(FINETUNE_SEED, videos, cache_dir=out)
+    cfg = pretrain_config("tiny", {"model.decoder_mask_ratio": decoder_mask_ratio})
+    model = VideoMAEv2(cfg.model)
+    print(f"{weights}: {load_weights(model, weights)}")
+    m = cfg.model
+    loader = ClipLoader(frames, np.zeros(len(frames), dtype=np.int64), cfg.batch_videos_per_gpu,
+                        num_sample=cfg.num_sample, num_frames=m.num_frames, stride=cfg.frame_stride,
+                        img_size=m.img_size, seed=123, grid=m.grid,
+                        mask_ratios=(m.encoder_mask_ratio, m.decoder_mask_ratio))
+    result = plateau_losses(model, loader, batches)
+    append_result(out, {"kind": "plateau", "weights": weights, "videos": videos, **result, **run_record()})
+    print(json.dumps(result))
 
 
 def report_text(rows: list[dict]) -> str:
