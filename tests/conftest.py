@@ -77,7 +77,7 @@ class FakeLoader:
         masks = {k: torch.from_numpy(v) for k, v in dual_masks(rng, len(clips), self.grid, *self.ratios).items()}
         if self.nan_at_batch is not None and self.served == self.nan_at_batch:
             video = video.float()
-            video[0, 0, 0, 0, 0] = float("nan")
+            video[0] = float("nan")                                  # a whole clip: the loss is NaN too
         label = torch.tensor([int(i) % self.num_classes for i in mine]).repeat_interleave(self.num_sample)
         keys = [f"v{i:04d}" for i in mine for _ in range(self.num_sample)]
         return {"video": video, "masks": masks, "keys": keys, "label": label}
