@@ -26,6 +26,7 @@ import click
 import torch
 
 from bench.env import environment, write_json, write_report
+from shard_tools.format import CPU_DECODABLE_CODECS
 
 
 def make_dataset(root: Path, codec: str, videos: int, short_side: int, frames: int) -> Path:
@@ -304,7 +305,7 @@ def throughput_stage(codecs, videos, short_side, video_frames, batch_size, threa
     clips_per_batch = batch_size * sizes["num_sample"]
     results = []
     for codec in codecs:
-        if codec not in ("vp8", "vp9", "mjpeg") and not gpu:
+        if codec not in CPU_DECODABLE_CODECS and not gpu:
             notes.append(f"- {codec} skipped: DALI's CPU decoder reads only VP8, VP9 and MJPEG.")
             continue
         data = make_dataset(Path(data_root), codec, videos, short_side, video_frames)

@@ -47,11 +47,11 @@ from collections import deque
 import numpy as np
 import torch
 
+from shard_tools.format import CPU_DECODABLE_CODECS
+
 from .pipeline import clip_pipeline, reader_pipeline
 from .sampling import parse_metas
 from .shards import ShardSet
-
-CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # what DALI's CPU video decoder reads
 
 
 def resolve_device(device) -> tuple[str, int | None, torch.device]:
@@ -251,7 +251,7 @@ class ClipLoader:
             raise ValueError(f"batch_size and prefetch must be positive, got {batch_size} and {prefetch}")
         self.shards, self.recipe = shards, recipe
         self.backend, self.device_id, self.device = resolve_device(device)
-        if self.backend == "cpu" and set(shards.codecs) - CPU_CODECS:
+        if self.backend == "cpu" and set(shards.codecs) - set(CPU_DECODABLE_CODECS):
             raise ValueError(f"{shards.root}: codecs {sorted(shards.codecs)} need the GPU decoder; DALI's CPU "
                              f"decoder reads only VP8, VP9 and MJPEG: repack with --codec vp9 or use a GPU")
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
