@@ -26,6 +26,7 @@ import click
 import torch
 
 from bench.env import environment, write_json, write_report
+from dali_pipes.contract import forever
 from shard_tools.format import CPU_DECODABLE_CODECS
 
 
@@ -44,7 +45,7 @@ def make_dataset(root: Path, codec: str, videos: int, short_side: int, frames: i
 def time_loader(make, batches: int, warmup: int, repeats: int, clips_per_batch: int) -> dict:
     """Median seconds per batch over `repeats` runs of `batches` after `warmup`, on one loader."""
     loader = make()
-    stream = _forever(loader)
+    stream = forever(loader)
     for _ in range(warmup):
         _sync(next(stream))
     runs = []
@@ -118,7 +119,7 @@ def host_time(make, batches: int, warmup: int, step_ms: float | None) -> dict:
     before each timed batch.
     """
     loader = make()
-    stream = _forever(loader)
+    stream = forever(loader)
     _sync(next(stream))  # build and first fill
     loader_s = []
     for _ in range(max(warmup, 3)):
@@ -138,11 +139,6 @@ def host_time(make, batches: int, warmup: int, step_ms: float | None) -> dict:
             "host_cpu_ms_per_batch": statistics.median(host_cpu_ms),
             "loader_ms_per_batch": 1000 * statistics.median(loader_s), "step_ms": 1000 * step_s,
             "timed_batches": batches}
-
-
-def _forever(loader):
-    while True:
-        yield from loader
 
 
 def _sync(batch):

@@ -28,6 +28,7 @@ from shard_tools.format import read_manifest
 from shard_tools.mixture import is_mixture_file, mixture_entries, read_mixture
 from shard_tools.sources import read_label_map
 
+from .contract import forever
 from .shards import DatasetError
 
 __all__ = ["MixtureLoader", "is_mixture", "mixture_loader"]
@@ -75,7 +76,7 @@ class MixtureLoader:
         self.batches_per_epoch = sum(len(loader) for loader in loaders)
         self._batches_done = 0
         self._videos = [0] * len(loaders)
-        self._streams = [_forever(loader) for loader in loaders]
+        self._streams = [forever(loader) for loader in loaders]
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -120,17 +121,13 @@ class MixtureLoader:
         for loader, sub in zip(self.loaders, state["sources"]):
             loader.load_state_dict(sub)
         self._batches_done, self._videos = state["batches_done"], list(state["videos"])
-        self._streams = [_forever(loader) for loader in self.loaders]
+        self._streams = [forever(loader) for loader in self.loaders]
 
     def close(self) -> None:
         for loader in self.loaders:
             if hasattr(loader, "close"):
                 loader.close()
 
-
-def _forever(loader):
-    while True:
-        yield from loader
 
 
 def mixture_loader(data, build, *, seed: int = 0, rank: int = 0, label_map=None) -> MixtureLoader:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from dali_pipes.contract import forever
 from shard_tools.files import write_json_atomic, write_text_atomic
 
 from . import checkpoint, distributed, optim, weights
@@ -68,12 +69,6 @@ class NonFiniteGuard:
             print(f"{message} ({count} of max_nonfinite_skips={self.max_skips})")
         self.reported = count
         self.first_step.fill_(-1)
-
-
-def forever(loader):
-    """Batches across epochs; the loader's own state says where an interrupted epoch stands."""
-    while True:
-        yield from loader
 
 
 def peak_memory_gib(device: torch.device) -> float:
