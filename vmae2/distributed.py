@@ -119,6 +119,20 @@ def compile_blocks(model: nn.Module) -> None:
             blocks[i] = torch.compile(blocks[i], fullgraph=True)
 
 
+def fully_shard_blocks(model: nn.Module, bf16: bool) -> nn.Module:
+    """FSDP2: fully_shard each transformer block, then the whole model (parameters gathered in bf16 when
+    training in bf16, gradients reduced in fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
+    for blocks in transformer_blocks(model):
+        for block in blocks:
+            fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
 def wrap(model: nn.Module, env: DistEnv, parallel: str, bf16: bool) -> nn.Module:
     """The model for training: unchanged in one process, else DDP or FSDP2 (fully_shard per block).
 
@@ -129,15 +143,7 @@ def wrap(model: nn.Module, env: DistEnv, parallel: str, bf16: bool) -> nn.Module
     if env.world_size == 1:
         return model
     if parallel == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-            else MixedPrecisionPolicy()
-        for blocks in transformer_blocks(model):
-            for block in blocks:
-                fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        return model
+        return fully_shard_blocks(model, bf16)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device_ids = [env.device.index] if env.device.type == "cuda" else None
