@@ -122,5 +122,16 @@ class Interrupting:
             yield batch
 
 
+def take(loader, n: int) -> list[dict]:
+    """The next n batches of a loader, across epoch boundaries."""
+    got = []
+    while len(got) < n:
+        for batch in loader:
+            got.append(batch)
+            if len(got) == n:
+                break
+    return got
+
+
 def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

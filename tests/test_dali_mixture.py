@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import take
 from test_dali_clips import frame_numbers, make_shards
 
 import dali_pipes
@@ -32,16 +33,6 @@ def build(path, seed=0, **kw):
         return dali_pipes.pretrain_loader(data, 2, replace(CFG, stride=stride or CFG.stride), device="cpu",
                                           seed=source_seed, num_threads=1)
     return mixture_loader(path, one, seed=seed, **kw)
-
-
-def take(loader, n):
-    out = []
-    while len(out) < n:
-        for batch in loader:
-            out.append(batch)
-            if len(out) == n:
-                break
-    return out
 
 
 def test_sources_follow_the_weights_and_keep_their_strides(mixture):

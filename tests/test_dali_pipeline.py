@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import take
 from nvidia.dali import pipeline_def
 from test_dali_clips import HEIGHT, WIDTH, crop_box, frame_numbers, make_shards, pyav_frames
 
@@ -171,24 +172,15 @@ def test_resume_continues_with_identical_batches(vp9_16):
     def make():
         return make_loader(out, 4, num_sample=2, seed=11)
 
-    def stream(loader, n):
-        got = []
-        while len(got) < n:
-            for batch in loader:
-                got.append(batch)
-                if len(got) == n:
-                    break
-        return got
-
-    full = stream(make(), 9)  # 4 batches per epoch: crosses two epoch boundaries
+    full = take(make(), 9)  # 4 batches per epoch: crosses two epoch boundaries
     first = make()
-    stream(first, 3)
+    take(first, 3)
     state = first.state_dict()
     first.close()
     resumed = make()
     resumed.load_state_dict(state)
     assert resumed.epoch == 0
-    rest = stream(resumed, 6)
+    rest = take(resumed, 6)
     for a, b in zip(full[3:], rest):
         assert a["keys"] == b["keys"]
         assert torch.equal(a["video"], b["video"])
