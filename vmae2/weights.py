@@ -32,7 +32,7 @@ from shard_tools.files import tmp_path, write_bytes_atomic
 
 from . import checkpoint, distributed
 from .optim import clean_name
-from .weights_hub import HUB_PREFIX, WEIGHT_SUFFIXES, hub_path
+from .weights_hub import HUB_PREFIX, WEIGHT_SUFFIXES, hub_path, pick_weights_file
 from .weights_transformers import config_from_transformers, from_transformers
 
 FINAL_WEIGHTS = "pretrain_final.pt"   # a pre-training run's weights, beside its checkpoints
@@ -310,19 +310,16 @@ def read_source(source) -> Weights:
 
 def _pick_weights_file(folder: Path, name: str) -> Path:
     """The single weights file of a folder (a transformers or hub snapshot folder), safetensors first."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return index
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    for suffixes in ((".safetensors",), (".pth", ".pt"), (".bin",)):
-        found = [p for p in files if p.suffix in suffixes]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise ValueError(f"{name}: several weights files {[p.name for p in found]}; pass one of them"
-                             f"{' as hf://OWNER/REPO/FILE' if name.startswith(HUB_PREFIX) else ' by its path'}")
-    raise FileNotFoundError(f"{name}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) and no vmae2 checkpoint in "
-                            f"{folder}; found {[p.name for p in files][:8]}")
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    hint = " as hf://OWNER/REPO/FILE" if name.startswith(HUB_PREFIX) else " by its path"
+    try:
+        picked = pick_weights_file(files)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}; pass one of them{hint}") from None
+    if picked is None:
+        raise FileNotFoundError(f"{name}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) and no vmae2 checkpoint in "
+                                f"{folder}; found {files[:8]}")
+    return folder / picked
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:

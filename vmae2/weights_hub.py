@@ -79,16 +79,26 @@ def _list_or_none(list_repo_files, repo_id: str, revision: str | None) -> list[s
         return None
 
 
-def _pick_hub_file(files: list[str], uri: str) -> str:
-    top = [f for f in files if "/" not in f]
-    if "model.safetensors.index.json" in top:
+def pick_weights_file(names: list[str]) -> str | None:
+    """The one weights file among file names (a sharded safetensors index first, then .safetensors, .pth/.pt,
+    .bin); None when there is none; ValueError naming them when a kind has several."""
+    if "model.safetensors.index.json" in names:
         return "model.safetensors.index.json"
     for suffixes in ((".safetensors",), (".pth", ".pt"), (".bin",)):
-        found = [f for f in top if f.endswith(suffixes)]
-        if len(found) == 1:
-            return found[0]
+        found = [f for f in names if f.endswith(suffixes)]
         if len(found) > 1:
-            raise ValueError(f"{uri}: the repository holds several weights files {found[:8]}; pick one with "
-                             f"{uri.rstrip('/')}/FILE")
-    raise FileNotFoundError(f"{uri}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) at the top of the repository; "
-                            f"found {files[:8]}; pass hf://OWNER/REPO/PATH/TO/FILE")
+            raise ValueError(f"several weights files {found[:8]}")
+        if found:
+            return found[0]
+    return None
+
+
+def _pick_hub_file(files: list[str], uri: str) -> str:
+    try:
+        picked = pick_weights_file([f for f in files if "/" not in f])
+    except ValueError as err:
+        raise ValueError(f"{uri}: the repository holds {err}; pick one with {uri.rstrip('/')}/FILE") from None
+    if picked is None:
+        raise FileNotFoundError(f"{uri}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) at the top of the "
+                                f"repository; found {files[:8]}; pass hf://OWNER/REPO/PATH/TO/FILE")
+    return picked
