@@ -100,13 +100,14 @@ def run_eval(weights: str, data: str, out: str, *, preset: str | None = None, vi
     from .model import VideoClassifier
     from .overrides import ConfigError, parse_set_args
     from .tasks import dataset_num_classes
-    from .weights import load_weights, read_weights
+    from .weights import load_weights, read_source
 
     try:
         num_clips, num_crops = (int(v) for v in views.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--views {views!r}: expected CLIPSxCROPS, e.g. 5x3") from None
-    _, run_config = read_weights(weights)
+    source = read_source(weights)            # read once: the run config and the tensors come from it
+    run_config = source.config
     overrides = {"device": device, **parse_set_args(sets)}
     if run_config and "model" in run_config:
         preset = preset or run_config.get("preset")
@@ -115,7 +116,7 @@ def run_eval(weights: str, data: str, out: str, *, preset: str | None = None, vi
     env = distributed.init(cfg.device)
     try:
         model = VideoClassifier(cfg.model, dataset_num_classes(data), drop_path=0.0)
-        report = load_weights(model, weights, head_rows=head_rows)
+        report = load_weights(model, source, head_rows=head_rows)
         model.to(env.device)
         if env.is_main:
             Path(out).mkdir(parents=True, exist_ok=True)

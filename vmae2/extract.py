@@ -42,7 +42,7 @@ from shard_tools.index import parse_index, split_name
 from . import distributed
 from .config import ModelConfig, model_config
 from .model import VideoClassifier, normalize_video, run_blocks
-from .weights import architecture, load_weights, matching_preset, read_weights
+from .weights import architecture, load_weights, matching_preset, read_source
 
 CONFIG_NAME = "extract_config.json"
 INDEX_NAME = "index.jsonl"
@@ -97,7 +97,8 @@ def load_model(weights, preset: str | None, window: int | None, size: int | None
     the state dict has. Window and size set the model's num_frames and img_size (the position table is
     fixed, not learned, so any grid loads).
     """
-    state, config = read_weights(weights)
+    source = read_source(weights)            # read once: the architecture and the tensors come from it
+    state, config = source.state, source.config
     if preset is None and config is not None and isinstance(config.get("model"), dict):
         names = {f.name for f in dataclasses.fields(ModelConfig)}
         cfg = ModelConfig(**{k: v for k, v in config["model"].items() if k in names})
@@ -114,7 +115,7 @@ def load_model(weights, preset: str | None, window: int | None, size: int | None
                          f"--window {cfg.num_frames} of the tubelet size {cfg.tubelet_size}")
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 1
     model = VideoClassifier(cfg, num_classes, drop_path=0.0)
-    report = load_weights(model, weights)
+    report = load_weights(model, source)
     return model.eval(), str(report)
 
 
