@@ -146,6 +146,11 @@ def test_table1_runs_three_settings_and_a_rerun_keeps_the_notes(tmp_path):
     assert rows[0]["vs_scratch"] == rows[0]["top1"] - rows[2]["top1"] and "vs_scratch" not in rows[2]
     assert (out / "pretrain-dual" / "summary.json").is_file() and (out / "finetune-scratch" / "summary.json").is_file()
 
+    (out / "dual.json").rename(out / "dual.saved")
+    result = runner.invoke(table1.main, [*args, "--setting", "scratch"])     # dual not recorded: no report
+    assert result.exit_code == 0 and "the report waits for: dual" in result.output
+    assert (reports / "table1.md").read_text() == md
+    (out / "dual.saved").rename(out / "dual.json")
     (reports / "table1.md").write_text(md + "\nWhy the rows differ.\n")
     mtime = (out / "dual.json").stat().st_mtime_ns
     result = runner.invoke(table1.main, args)                    # nothing left to run: only the report

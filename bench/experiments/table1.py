@@ -11,9 +11,9 @@ a flip; the RandAugment and random erasing of the shard loader are not applied),
 held-out videos with the recipe's 2 × 3 test views. The three splits are disjoint seeds of the set.
 
 Stages already done in OUT (a run folder with its summary.json) are not run again, so settings can run
-in separate processes (`--setting`) and a last call without work left only writes the report:
-bench/reports/cpu/table1.{json,md}, with each row's command, commit and environment; the notes below the
-marker survive reruns.
+in separate processes (`--setting`). The call that finds all three settings done writes the report
+(bench/reports/cpu/table1.{json,md}, with each row's command, commit and environment; the notes below the
+marker survive reruns); a call without work left only writes the report.
 """
 from __future__ import annotations
 
@@ -165,6 +165,12 @@ def main(out, settings, pretrain_videos, finetune_videos, val_videos, pretrain_s
         write_json_atomic(record_path, row, indent=2, sort_keys=False)
         print(f"{name}: top-1 {row['top1']:.1f} %", flush=True)
 
+    waiting = [name for name in SETTINGS if not (out / f"{name}.json").is_file()]
+    if waiting:
+        # A report written now would change tracked files while other settings still run from this
+        # checkout, and their rows would be recorded as measured on a dirty tree.
+        print(f"the report waits for: {', '.join(waiting)} (run them with the same --out)")
+        return
     rows = report_rows(out)
     write_json(Path(report_dir) / "table1.json", {"rows": rows, "environment": environment()})
     text = report_text(rows)
