@@ -8,8 +8,8 @@ memory, achieved TFLOP/s and MFU against a matmul peak measured in the same run 
 datasheet peak where known). A step is forward + backward + AdamW update, bf16 autocast on a GPU,
 fp32 on the CPU. Dual-masking speedup and memory ratio are ratios within the same run.
 
---fsdp shards the model with FSDP2 (fully_shard per block, then the root, as vmae2.distributed
-does for many ranks) over a one-process group (NCCL on a GPU, gloo on the CPU): the memory of one
+--fsdp shards the model with FSDP2 (vmae2.distributed.fully_shard_blocks, as a run of many ranks
+does) over a one-process group (NCCL on a GPU, gloo on the CPU): the memory of one
 ViT-g step with activation checkpointing as a multi-GPU run would hold it, before the sharding
 divides it.
 """
@@ -25,6 +25,7 @@ import torch
 import vmae2
 from bench.env import device_label, environment, write_json
 from dali_pipes.masking import dual_masks
+from vmae2.distributed import fully_shard_blocks
 from vmae2.flops import pretrain_flops
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s (1 multiply-add = 2 FLOPs).
@@ -78,21 +79,6 @@ def one_rank_group(device: torch.device) -> None:
                                 world_size=1, **({"device_id": device} if device.type == "cuda" else {}))
 
 
-def fully_shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
-    """FSDP2 as vmae2.distributed.wrap applies it (which leaves a one-process run unwrapped)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from vmae2.distributed import transformer_blocks
-
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-        else MixedPrecisionPolicy()
-    for blocks in transformer_blocks(model):
-        for block in blocks:
-            fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
-
-
 def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpointing: bool,
             device: torch.device, warmup: int, repeats: int, fsdp: bool = False, model_overrides=None) -> dict:
     """Time one configuration; raises torch.OutOfMemoryError when it does not fit."""
@@ -102,7 +88,7 @@ def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpoi
     cfg = model.cfg
     if fsdp:
         one_rank_group(device)
-        model = fully_shard_model(model, bf16=device.type == "cuda")
+        model = fully_shard_blocks(model, bf16=device.type == "cuda")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
     step_model = torch.compile(model) if compile_model else model
     video, masks = synthetic_batch(cfg, clips, device)

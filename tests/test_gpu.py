@@ -312,11 +312,12 @@ def test_ddp_and_fsdp2_on_nccl_with_one_rank_match_the_plain_model(nccl_one_rank
     from vmae2 import distributed
 
     env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cuda"))
-    # wrap() leaves a one-process model unwrapped; claim a second rank so it wraps over this one-rank group.
-    wrapper_env = dataclasses.replace(env, world_size=2)
     torch.manual_seed(0)
     plain = small_model()
-    wrapped = distributed.wrap(copy.deepcopy(plain), wrapper_env, parallel, bf16=True)
+    if parallel == "fsdp":
+        wrapped = distributed.fully_shard_blocks(copy.deepcopy(plain), bf16=True)
+    else:  # wrap() leaves a one-process model unwrapped: claim a second rank so it wraps over this group
+        wrapped = distributed.wrap(copy.deepcopy(plain), dataclasses.replace(env, world_size=2), parallel, bf16=True)
     assert type(wrapped).__name__ != type(plain).__name__          # really wrapped (DDP / FSDPVideoMAEv2)
     plain_loss, plain_grads = first_backward(plain)
     loss, grads = first_backward(wrapped)
