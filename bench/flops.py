@@ -4,11 +4,9 @@
 """
 from __future__ import annotations
 
-import json
-import os
-
 import click
 
+from bench.env import environment, write_json
 from vmae2.config import PRESETS
 from vmae2.flops import classifier_flops, pretrain_flops
 
@@ -66,9 +64,8 @@ def main(json_path):
     click.echo(format_table(rows))
     click.echo("\n" + VIT_G_NOTE)
     if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(json_path, {"bench": "flops", "env": environment(), "notes": [VIT_G_NOTE.replace("\n", " ")],
+                               "rows": rows})
         click.echo(f"wrote {json_path}")
 
 

@@ -65,7 +65,9 @@ def test_cli_writes_rows(tmp_path):
     result = CliRunner().invoke(main, ["--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "263.93" in result.output and "35.48" in result.output
-    rows = json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert report["bench"] == "flops" and report["env"]["command"]
     assert {(r["preset"], r["decoder_mask_ratio"]) for r in rows} == {(p, r) for p in PRESETS for r in (0.0, 0.5)}
     assert set(rows[0]) >= {"preset", "decoder_mask_ratio", "gflops_encoder", "gflops_decoder", "gflops_total"}
     assert len(flops_rows()) == len(rows)
