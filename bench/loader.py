@@ -15,6 +15,7 @@ loader run ahead. Writes JSON (--json) and a markdown report beside it.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -235,12 +236,13 @@ def _sampling_table(report: dict) -> list[str]:
               help="a loader JSON with sampling results from an earlier commit, shown beside this run's")
 @click.option("--data-root", default="/tmp/vmae2-bench-loader", show_default=True,
               help="where the synthetic datasets are cached")
+@click.option("--data", "data_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="a pre-made shard folder (vmae2-shard) to time instead of a synthetic set (one codec); "
+                   "needed where PyAV is missing to make one")
 @click.option("--json", "json_path", default=None, help="write the report here (and a .md beside it)")
 def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample, num_frames, img_size, patch_size,
          stride, threads, batches, warmup, repeats, sampling_short_side, sampling_videos, step_ms, before_path,
-         data_root, json_path):
-    import av
-
+         data_root, data_dir, json_path):
     from bench.baselines.reference_loader import decord
 
     gpu = torch.cuda.is_available()
@@ -255,11 +257,13 @@ def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample
                  patch_size=patch_size)
     results, notes = [], []
     throughput_batches = batches or (20 if gpu else 4)
+    if data_dir:                                # its codec decides; no synthetic set is made
+        codecs = list(json.loads((Path(data_dir) / "manifest.json").read_text())["codecs"])[:1]
     if stage in ("all", "throughput"):
         results += throughput_stage(codecs, videos, short_side, video_frames, batch_size, threads,
-                                    throughput_batches, warmup, repeats, data_root, device, sizes, notes)
+                                    throughput_batches, warmup, repeats, data_root, device, sizes, notes, data_dir)
     if stage in ("all", "sampling"):
-        data = make_dataset(Path(data_root), "vp9", sampling_videos, sampling_short_side, video_frames)
+        data = data_dir or make_dataset(Path(data_root), "vp9", sampling_videos, sampling_short_side, video_frames)
         n = batches or 20
         rate = sampling_stage_rate(data, batch_size, sizes, n, warmup, repeats)
         host = host_time(lambda: make_loader(data, batch_size, cores, {**sizes, "device": device}), n * repeats,
@@ -273,7 +277,7 @@ def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample
                    f"{host['host_ms_per_batch']:.2f} ms per batch (median, max {host['host_ms_max']:.2f})")
     env = environment()
     env["command"] = " ".join(["python -m bench.loader", *sys.argv[1:]])
-    report = {"bench": "loader", "environment": env, "pyav": av.__version__,
+    report = {"bench": "loader", "environment": env, "pyav": _version("av"),
               "decord": getattr(decord, "__version__", None),
               "config": dict(videos=videos, short_side=short_side, video_frames=video_frames, batch_size=batch_size,
                              num_sample=num_sample, num_frames=num_frames, img_size=img_size, stride=stride,
@@ -290,8 +294,16 @@ def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample
     click.echo(markdown(report))
 
 
+def _version(module: str) -> str | None:
+    """A module's version, or None where it is not installed (the GPU host has no PyAV)."""
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
+
+
 def throughput_stage(codecs, videos, short_side, video_frames, batch_size, threads, batches, warmup, repeats,
-                     data_root, device, sizes, notes) -> list[dict]:
+                     data_root, device, sizes, notes, data_dir=None) -> list[dict]:
     """dali_pipes against the reference loader per codec and thread count, then the breakdown."""
     from bench.baselines.reference_loader import ReferenceLoader
     from dali_pipes.sampling import SamplingConfig
@@ -304,7 +316,7 @@ def throughput_stage(codecs, videos, short_side, video_frames, batch_size, threa
         if codec not in CPU_DECODABLE_CODECS and not gpu:
             notes.append(f"- {codec} skipped: DALI's CPU decoder reads only VP8, VP9 and MJPEG.")
             continue
-        data = make_dataset(Path(data_root), codec, videos, short_side, video_frames)
+        data = data_dir or make_dataset(Path(data_root), codec, videos, short_side, video_frames)
         for n in threads:
             for name, make in (
                 ("dali_pipes", lambda: make_loader(data, batch_size, n, opts)),
