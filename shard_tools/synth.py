@@ -65,11 +65,6 @@ def clip_labels(seed, index):
     return {"motion": index % len(CLASSES), "shape": int(rng.integers(len(SHAPES)))}
 
 
-def clip_shape(seed, index, width=160, height=128):
-    """The main shape's kind of clip `index` (an index into SHAPES); kept for callers of the first set."""
-    return clip_labels(seed, index)["shape"]
-
-
 def _light(world_y, canvas_h):
     """The light from above at world rows `world_y`: LIGHT_SPAN at the top of the scene, 0 at its bottom."""
     return LIGHT_SPAN * (1 - world_y / canvas_h)

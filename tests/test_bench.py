@@ -55,17 +55,6 @@ def test_e2e_runs_the_real_loop_on_synthetic_shards(tmp_path):
     assert row["final_loss"] == row["final_loss"]                 # finite, not NaN
 
 
-def test_shape_label_is_drawn_apart_from_the_motion_label():
-    """clip_shape (the budget probe's appearance label) reads the clip's own draw, independent of its class."""
-    from shard_tools.synth import CLASSES, SHAPES, clip_shape
-
-    shapes = [clip_shape(0, i, 64, 48) for i in range(64)]
-    assert shapes == [clip_shape(0, i, 64, 48) for i in range(64)]            # deterministic
-    assert set(shapes) == set(range(len(SHAPES)))
-    by_class = [{shapes[i] for i in range(c, 64, len(CLASSES))} for c in range(len(CLASSES))]
-    assert sum(len(kinds) > 1 for kinds in by_class) >= 6                   # a class does not fix the shape
-
-
 def test_write_report_keeps_the_notes_below_the_marker(tmp_path):
     from bench.env import NOTES_MARK, write_report
 

@@ -27,9 +27,10 @@ def test_labels_motion_by_index_and_shape_of_the_main_object(scenes):
         assert scene["labels"] == labels
         assert labels["motion"] == index % len(synth.CLASSES)
         assert synth.SHAPES[labels["shape"]] == scene["shapes"][-1]        # the main shape is drawn last
-        assert synth.clip_shape(3, index) == labels["shape"]
-    kinds = {synth.clip_labels(0, i)["shape"] for i in range(64)}
-    assert kinds == set(range(len(synth.SHAPES)))
+    shapes = [synth.clip_labels(0, i)["shape"] for i in range(64)]
+    assert set(shapes) == set(range(len(synth.SHAPES)))
+    by_class = [{shapes[i] for i in range(c, 64, len(synth.CLASSES))} for c in range(len(synth.CLASSES))]
+    assert sum(len(kinds) > 1 for kinds in by_class) >= 6              # a motion class does not fix the shape
 
 
 def test_several_objects_and_occlusions(scenes):
