@@ -25,6 +25,7 @@ import torch
 import vmae2
 from bench.env import device_label, environment, write_json
 from dali_pipes.masking import dual_masks
+from vmae2 import distributed
 from vmae2.distributed import fully_shard_blocks
 from vmae2.flops import pretrain_flops
 
@@ -93,8 +94,10 @@ def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpoi
     step_model = torch.compile(model) if compile_model else model
     video, masks = synthetic_batch(cfg, clips, device)
 
+    autocast = distributed.autocast("auto", device)     # bf16 on a GPU, fp32 on the CPU, as the trainer
+
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast:
             loss, _ = step_model(video, masks)
         loss.backward()
         opt.step()

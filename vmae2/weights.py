@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from shard_tools.files import tmp_path, write_bytes_atomic
+from shard_tools.files import open_atomic, write_bytes_atomic
 
 from . import checkpoint, distributed
 from .optim import clean_name
@@ -196,10 +196,8 @@ def export_weights(model: nn.Module, path, env: distributed.DistEnv) -> None:
     """The full model state dict as one plain .pt file (rank 0), loadable by load_pretrain."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if env.is_main:
-        path = Path(path)
-        tmp = tmp_path(path)
-        torch.save({clean_name(k): v for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
+        with open_atomic(path) as f:
+            torch.save({clean_name(k): v for k, v in state.items()}, f)
     distributed.barrier()
 
 
