@@ -75,10 +75,9 @@ class Reconstruction:
 def mix_clips(mixup, video: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm's Mixup/CutMix on uint8 clips (B, T, H, W, 3): the same box on every frame, soft targets.
 
-    timm mixes (B, C, H, W) images; frames and channels are folded into C so that a CutMix box covers
-    H × W on every frame. (The published trainer hands timm (B, C, T, H, W) clips, whose CutMix box then
-    spans T × H; we keep the CutMix paper's spatial box.) Returns float pixels in [0, 255], which the model
-    normalises like uint8 input.
+    timm mixes (B, C, H, W) images and cuts its CutMix box from the last two dimensions; frames and
+    channels are folded into C, so the box covers H × W on every frame. Returns float pixels in
+    [0, 255], which the model normalises like uint8 input.
     """
     B, T, H, W, C = video.shape
     x = video.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float()
