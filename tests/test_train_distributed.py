@@ -2,7 +2,8 @@
 
 This file is also the torchrun worker: `torchrun --nproc_per_node 2 tests/test_train_distributed.py
 DATA OUT` pre-trains on real synthetic shards and writes each rank's summary next to OUT;
-`... test_train_distributed.py fsdp-nan OUT` runs FSDP2 on made-up clips with a NaN on rank 0.
+`... test_train_distributed.py fsdp-nan OUT` runs FSDP2 on made-up clips with a NaN on rank 0;
+`... test_train_distributed.py finetune DATA VAL OUT` fine-tunes and evaluates on real shards.
 """
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def worker(data: str, out: str) -> None:
     summary = run_pretrain("tiny", data, out, steps=5, sets=SETS)
     rank = int(os.environ["RANK"])
     Path(f"{out}-summary-rank{rank}.json").write_text(json.dumps(summary))
+
+
+def finetune_worker(data: str, val: str, out: str) -> None:
+    from vmae2.train import run_finetune
+
+    summary = run_finetune("tiny", data, out, val_data=val, steps=4,
+                           sets=[*SETS, "test_num_clips=1", "test_num_crops=2", "eval_every_epochs=0"])
+    Path(f"{out}-summary-rank{os.environ['RANK']}.json").write_text(json.dumps(summary))
 
 
 def fsdp_nan_worker(out: str) -> None:
@@ -87,6 +96,32 @@ def test_two_gloo_ranks_read_disjoint_data_and_keep_identical_weights(tmp_path, 
     assert metrics[0]["lr"] == pytest.approx(cfg["base_lr"] * (2 * 2) / 256)
 
 
+def test_two_gloo_ranks_finetune_on_disjoint_data_and_evaluate_every_video_once(tmp_path, shards):
+    from shard_tools.synth import make_synthetic
+
+    val = tmp_path / "val"
+    make_synthetic(val, 5, codec="vp9", seed=4, num_frames=40, width=64, height=48, progress=False)
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, "finetune", str(shards), str(val), str(out)]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summaries = [json.loads((tmp_path / f"ft-summary-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(s["world_size"] == 2 and s["steps"] == 4 for s in summaries)
+    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"] is not None
+    keys = defaultdict(set)                       # 8 videos, 2 ranks x 2 per batch: steps 0-1 are epoch 0
+    for r in (0, 1):
+        for line in (out / f"keys-rank{r}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row["step"] < 2:
+                keys[r] |= set(row["keys"])
+    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == 8
+    result = json.loads((out / "result.json").read_text())
+    assert result["num_videos"] == 5 and result["views"] == "1x2"       # 5 videos on 2 ranks, each once
+    assert summaries[0]["result"]["num_videos"] == summaries[1]["result"]["num_videos"] == 5
+
+
 def test_fsdp2_ranks_skip_the_same_nonfinite_step(tmp_path):
     out = tmp_path / "fsdp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -106,6 +141,8 @@ def test_fsdp2_ranks_skip_the_same_nonfinite_step(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "fsdp-nan":
         fsdp_nan_worker(sys.argv[2])
+    elif sys.argv[1] == "finetune":
+        finetune_worker(*sys.argv[2:5])
     else:
         worker(sys.argv[1], sys.argv[2])
 
