@@ -53,14 +53,14 @@ def read_mixture(path):
     path = Path(path)
     if not path.is_file():
         raise MixtureError(f"{path}: no such mixture file")
-    return mixture_entries(_load(path), path.parent, str(path))
+    return mixture_entries(_load(path), path.parent, str(path), noun="mixture file")
 
 
-def mixture_entries(entries, folder, where="mixture"):
+def mixture_entries(entries, folder, where="mixture", noun="mixture"):
     """The checked entries of a mixture given as a Python list (relative paths from `folder`)."""
     example = '[{"path": "k710", "weight": 0.6, "stride": 4}, ...]'
     if not isinstance(entries, list) or not entries:
-        raise MixtureError(f"{where}: a mixture holds a non-empty list of datasets, like "
+        raise MixtureError(f"{where}: a {noun} holds a non-empty list of datasets, like "
                            f"{example}; found {type(entries).__name__}")
     sources = [_entry(folder, n, entry, where) for n, entry in enumerate(entries)]
     total = sum(s["weight"] for s in sources)

@@ -112,6 +112,9 @@ def run_eval(weights: str, data: str, out: str, *, preset: str | None = None, vi
     if run_config and "model" in run_config:
         preset = preset or run_config.get("preset")
         overrides.update({f"model.{k}": v for k, v in run_config["model"].items()})
+        # a run of ours: its temporal sampling is what its test views must use too
+        overrides.update({k: run_config[k] for k in ("frame_stride", "sampling") if k in run_config})
+        overrides.update(parse_set_args(sets))
     cfg = finetune_config(preset or "vit_b", None, overrides)
     env = distributed.init(cfg.device)
     try:
