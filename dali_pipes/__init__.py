@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {"pretrain_loader": "pretrain", "PretrainRecipe": "pretrain", "ClipLoader": "loader",
-         "SamplingConfig": "sampling", "open_shards": "shards", "ShardSet": "shards", "DatasetError": "shards"}
+         "SamplingConfig": "sampling", "open_shards": "shards", "ShardSet": "shards", "DatasetError": "shards",
+         "finetune_loader": "classify", "test_loader": "classify", "MixtureLoader": "mixture"}
 
 __all__ = sorted(_LAZY)
 

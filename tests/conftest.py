@@ -50,12 +50,12 @@ class FakeLoader:
 
     def __init__(self, batch_size, *, num_sample=4, num_frames=16, img_size=32, patch_size=8, rank=0,
                  world_size=1, seed=0, num_videos=16, encoder_mask_ratio=0.9, decoder_mask_ratio=0.5,
-                 nan_at_batch=None, num_classes=4):
+                 nan_at_batch=None, num_classes=4, device="cpu"):
         self.batch_size, self.num_sample, self.num_frames, self.img_size = batch_size, num_sample, num_frames, img_size
         self.grid = token_grid(num_frames, img_size, patch_size)
         self.rank, self.world_size, self.seed, self.num_videos = rank, world_size, seed, num_videos
         self.ratios = (encoder_mask_ratio, decoder_mask_ratio)
-        self.nan_at_batch, self.served, self.num_classes = nan_at_batch, 0, num_classes
+        self.nan_at_batch, self.served, self.num_classes, self.device = nan_at_batch, 0, num_classes, device
         self.epoch, self.batch = 0, 0
 
     def __len__(self):
@@ -80,7 +80,8 @@ class FakeLoader:
             video[0] = float("nan")                                  # a whole clip: the loss is NaN too
         label = torch.tensor([int(i) % self.num_classes for i in mine]).repeat_interleave(self.num_sample)
         keys = [f"v{i:04d}" for i in mine for _ in range(self.num_sample)]
-        return {"video": video, "masks": masks, "keys": keys, "label": label}
+        return {"video": video.to(self.device), "masks": {k: v.to(self.device) for k, v in masks.items()},
+                "keys": keys, "label": label.to(self.device)}
 
     def __iter__(self):
         while self.batch < len(self):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import take
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -133,16 +134,6 @@ def make_loader(root: Path, prefetch: int = 2):
 
     return dali_pipes.pretrain_loader(root / "h264-test", 2, dali_pipes.SamplingConfig(**SAMPLING), device="cuda",
                                       seed=11, num_threads=2, prefetch=prefetch)
-
-
-def take(loader, n: int) -> list[dict]:
-    got = []
-    while len(got) < n:
-        for batch in loader:
-            got.append(batch)
-            if len(got) == n:
-                break
-    return got
 
 
 def test_mixed_pipeline_resumes_mid_epoch_exactly(shards):
@@ -326,36 +317,15 @@ def test_ddp_and_fsdp2_on_nccl_with_one_rank_match_the_plain_model(nccl_one_rank
     np.testing.assert_allclose(train_steps(wrapped, 3), train_steps(plain, 3), rtol=BF16_LOSS_RTOL)
 
 
-class DeviceFakeLoader:
-    """tests/conftest.FakeLoader with its batches on the GPU (a NaN in one of them)."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield {**batch, "video": batch["video"].cuda(), "label": batch["label"].cuda(),
-                   "masks": {k: v.cuda() for k, v in batch["masks"].items()}}
-
-
 def test_nonfinite_guard_skips_on_the_device_and_stops_past_the_limit(tmp_path):
     from conftest import fake_loader, small_config
 
     from vmae2.train import NonFiniteLoss, train
 
     cfg = small_config(tmp_path / "skip", device="cuda", max_nonfinite_skips=1)
-    summary = train(cfg, loader=DeviceFakeLoader(fake_loader(cfg, nan_at_batch=5)))
+    summary = train(cfg, loader=fake_loader(cfg, nan_at_batch=5, device="cuda"))
     assert summary["skipped_steps"] == 1 and summary["steps"] == 8
     assert np.isfinite(summary["final_loss"])
     cfg = small_config(tmp_path / "stop", device="cuda")
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 5: .*last checkpoint: .*ckpt-00000004"):
-        train(cfg, loader=DeviceFakeLoader(fake_loader(cfg, nan_at_batch=5)))
+        train(cfg, loader=fake_loader(cfg, nan_at_batch=5, device="cuda"))
