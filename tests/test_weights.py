@@ -100,10 +100,20 @@ def test_error_paths(tmp_path):
     (tmp_path / "rows.txt").write_text("1\nx\n")
     with pytest.raises(ValueError, match="rows.txt:2"):
         load_classifier(classifier, tmp_path / "cls.pth", head_rows=tmp_path / "rows.txt")
-    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"head_rows\[1\]: row 10 is outside the 10-row head"):
         load_classifier(classifier, tmp_path / "cls.pth", head_rows=torch.tensor([3, 10]))
-    with pytest.raises(ValueError, match="shape mismatch at head.weight"):
+    with pytest.raises(ValueError, match=r"its head has 10 classes but the data has 7; map .*head_rows"):
         load_classifier(vmae2.build_classifier("tiny", 7), tmp_path / "cls.pth")
+    small = vmae2.build_classifier("tiny", 3)
+    (tmp_path / "rows.txt").write_text("1\n\n4\n12\n")
+    with pytest.raises(ValueError, match=r"rows.txt: line 4: row 12 is outside the 10-row head"):
+        load_classifier(small, tmp_path / "cls.pth", head_rows=tmp_path / "rows.txt")
+    (tmp_path / "rows.json").write_text("[1, 4, 1]")
+    with pytest.raises(ValueError, match=r"rows.json: entry 2: row 1 repeats .*rows.json: entry 0"):
+        load_classifier(small, tmp_path / "cls.pth", head_rows=tmp_path / "rows.json")
+    (tmp_path / "rows.json").write_text("[1, 4]")
+    with pytest.raises(ValueError, match=r"rows.json maps 2 classes but the model has 3"):
+        load_classifier(small, tmp_path / "cls.pth", head_rows=tmp_path / "rows.json")
 
 
 def test_read_state_dict_strips_prefixes():

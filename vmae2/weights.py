@@ -131,27 +131,52 @@ def pretrain_to_classifier(state: dict[str, torch.Tensor]) -> tuple[dict[str, to
     return kept, sorted(dropped)
 
 
-def read_head_rows(path) -> torch.Tensor:
-    """Row indices that map a 710-class head onto a subset of classes: a JSON list, or one integer per line."""
-    rows = []
+def _head_rows_and_places(path) -> tuple[list[int], list[str]]:
+    """Row indices of a head-rows file and where each stands ("entry i" of a JSON list, "line n" of text)."""
     text = Path(path).read_text()
     if text.lstrip().startswith("["):                    # the published label_710to400.json and kin
         try:
             rows = [int(v) for v in json.loads(text)]
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: expected a JSON list of integer row indices ({err})") from None
-        if not rows:
-            raise ValueError(f"{path}: no row indices found")
-        return torch.tensor(rows, dtype=torch.long)
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+        places = [f"entry {i}" for i in range(len(rows))]
+    else:
+        rows, places = [], []
+        for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(int(line.split()[0]))
                 except ValueError:
                     raise ValueError(f"{path}:{lineno}: expected an integer row index, got {line.strip()!r}") from None
+                places.append(f"line {lineno}")
     if not rows:
         raise ValueError(f"{path}: no row indices found")
+    return rows, places
+
+
+def read_head_rows(path) -> torch.Tensor:
+    """Row indices that map a 710-class head onto a subset of classes: a JSON list, or one integer per line."""
+    return torch.tensor(_head_rows_and_places(path)[0], dtype=torch.long)
+
+
+def check_head_rows(head_rows, num_rows: int, num_classes: int, name: str) -> torch.Tensor:
+    """The rows as a tensor, checked against the checkpoint's head and the model's classes; errors name the place."""
+    if isinstance(head_rows, (str, os.PathLike)):
+        rows, places = _head_rows_and_places(head_rows)
+        where = [f"{head_rows}: {place}" for place in places]
+    else:
+        rows = [int(r) for r in torch.as_tensor(head_rows).tolist()]
+        where = [f"head_rows[{i}]" for i in range(len(rows))]
+    first = {}
+    for row, place in zip(rows, where):
+        if not 0 <= row < num_rows:
+            raise ValueError(f"{place}: row {row} is outside the {num_rows}-row head of {name}")
+        if row in first:
+            raise ValueError(f"{place}: row {row} repeats {first[row]}; each class takes its own head row")
+        first[row] = place
+    if len(rows) != num_classes:
+        raise ValueError(f"{where[0].split(':')[0]} maps {len(rows)} classes but the model has {num_classes}; give one "
+                         f"row per class of the data, in the data's class order")
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -181,12 +206,14 @@ def load_classifier(model: nn.Module, source, head_rows=None, name: str = "check
             _load_exact(model, state, name)   # raises with the key lists
         model.load_state_dict(state, strict=False)
         return LoadReport(loaded=sorted(state), initialised=missing)
+    num_rows, num_classes = state["head.weight"].shape[0], model.state_dict()["head.weight"].shape[0]
     if head_rows is not None:
-        rows = read_head_rows(head_rows) if isinstance(head_rows, (str, os.PathLike)) else torch.as_tensor(head_rows)
-        num_rows = state["head.weight"].shape[0] if "head.weight" in state else 0
-        if rows.numel() and (rows.min() < 0 or rows.max() >= num_rows):
-            raise ValueError(f"{name}: head row indices must lie in [0, {num_rows}), got {rows.min()}..{rows.max()}")
+        rows = check_head_rows(head_rows, num_rows, num_classes, name)
         state = dict(state, **{k: state[k][rows] for k in ("head.weight", "head.bias") if k in state})
+    elif num_rows != num_classes:
+        raise ValueError(f"{name}: its head has {num_rows} classes but the data has {num_classes}; map the head's rows "
+                         f"onto the data's classes with --set head_rows=FILE (eval: --head-rows FILE; the published "
+                         f"label_710to400.json maps a K710 head onto K400), or start from the encoder only")
     check_shapes(model, state, name)
     _load_exact(model, state, name)
     return LoadReport(loaded=sorted(state))
