@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vmae2 import checkpoint, weights
+from vmae2 import checkpoint
 from vmae2.cli import main
 
 SMALL_SETS = ["model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=48",
@@ -108,12 +108,16 @@ def test_cli_errors_are_clear(tmp_path, shards):
     assert result.exit_code == 1 and "nothing.pt does not exist" in result.output
 
 
-def test_sigkill_then_same_command_reproduces_the_straight_run(tmp_path, shards):
-    """Kill -9 a real run between checkpoints; the same command again gives the straight run's losses."""
+@pytest.mark.parametrize("task,steps", [("pretrain", 24), ("finetune", 12)])
+def test_sigkill_then_same_command_reproduces_the_straight_run(tmp_path, shards, task, steps):
+    """Kill -9 a real run between checkpoints; the same command again gives the straight run's losses.
+
+    Fine-tuning adds the DALI fine-tuning loader's state and the mixup draws (numpy's RNG) to what resumes.
+    """
     def command(out):
-        return [sys.executable, "-m", "vmae2.cli", "pretrain", "--preset", "tiny", "--data", str(shards),
-                "--out", str(out), "--steps", "24", *set_args("save_every=4", "warmup_fraction=0.1",
-                                                               "tensorboard=false")]
+        return [sys.executable, "-m", "vmae2.cli", task, "--preset", "tiny", "--data", str(shards),
+                "--out", str(out), "--steps", str(steps), *set_args("save_every=4", "warmup_fraction=0.1",
+                                                                     "tensorboard=false")]
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(command(tmp_path / "straight"), check=True, env=env, capture_output=True)
@@ -128,12 +132,12 @@ def test_sigkill_then_same_command_reproduces_the_straight_run(tmp_path, shards)
             break
         time.sleep(0.01)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert max(s for s, _ in checkpoint.list_checkpoints(killed)) < 24
+    assert max(s for s, _ in checkpoint.list_checkpoints(killed)) < steps
     subprocess.run(command(killed), check=True, env=env, capture_output=True)
 
     straight, resumed = rows(tmp_path / "straight"), rows(killed)
-    assert [r["step"] for r in resumed] == list(range(1, 25))
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
-    a = torch.load(tmp_path / "straight" / weights.FINAL_WEIGHTS, weights_only=True)
-    b = torch.load(killed / weights.FINAL_WEIGHTS, weights_only=True)
+    a = torch.load(tmp_path / "straight" / f"{task}_final.pt", weights_only=True)
+    b = torch.load(killed / f"{task}_final.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
