@@ -4,6 +4,7 @@
     git_commit(), git_dirty()
     write_json(path, obj)    a bench's JSON, atomically
     write_report(path, text) a generated markdown report; the hand-written notes below NOTES_MARK survive reruns
+    write_json_and_report    both, the markdown beside the JSON
 
 A report measured on a tree with uncommitted changes cannot name the code it measured: environment()
 records `git_dirty: true`, and bench.report flags such a section with DIRTY_WARNING (it never prints
@@ -150,3 +151,9 @@ def write_report(path, text: str) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, full)
     return full
+
+
+def write_json_and_report(json_path, payload: dict, text: str) -> str:
+    """A bench's JSON at json_path and its markdown beside it (.md), the notes kept; returns the markdown."""
+    write_json(json_path, payload)
+    return write_report(Path(json_path).with_suffix(".md"), text)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.env import environment, write_json, write_report
+from bench.env import environment, write_json_and_report
 
 
 def make_dataset(root: Path, videos: int, frames: int, short_side: int) -> Path:
@@ -185,8 +185,7 @@ def main(preset, size, step, batch, videos, frames, short_side, device, repeats,
                          "device": device},
               "windows": windows, "results": results, "agreement": agreement,
               "ratio_vmae2_vs_published": results["vmae2"]["median"] / results["published"]["median"]}
-    write_json(json_path, report)
-    write_report(Path(json_path).with_suffix(".md"), markdown(report))
+    write_json_and_report(json_path, report, markdown(report))
     click.echo(markdown(report))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from bench.env import environment, write_json, write_report
+from bench.env import environment, write_json_and_report
 
 REPORT_DIR = Path(__file__).resolve().parent / "reports" / "cpu"
 VIEWS = ("1x1", "2x3")
@@ -90,8 +90,7 @@ def main(init, out, steps, videos, val_videos, report_dir):
             finetune_and_score(out, "scratch", train, val, None, steps)]
     report = {"bench": "finetune", "env": env, "rows": rows,
               "config": {"init": init, "steps": steps, "videos": videos, "val_videos": val_videos}}
-    write_json(Path(report_dir) / "finetune.json", report)
-    click.echo(write_report(Path(report_dir) / "finetune.md", markdown(report)))
+    click.echo(write_json_and_report(Path(report_dir) / "finetune.json", report, markdown(report)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import torch
 
-from bench.env import environment, write_json, write_report
+from bench.env import environment, write_json_and_report
 from dali_pipes.contract import forever
 from shard_tools.format import CPU_DECODABLE_CODECS
 
@@ -289,8 +289,7 @@ def main(stage, codecs, videos, short_side, video_frames, batch_size, num_sample
         report["before"] = {"environment": before["environment"],
                             "results": [r for r in before["results"] if r.get("stage") == "sampling"]}
     if json_path:
-        write_json(json_path, report)
-        write_report(Path(json_path).with_suffix(".md"), markdown(report))
+        write_json_and_report(json_path, report, markdown(report))
     click.echo(markdown(report))
 
 

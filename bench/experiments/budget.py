@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.env import environment, write_json, write_report
+from bench.env import environment, write_json_and_report
 from dali_pipes.masking import dual_masks
 from shard_tools.files import write_bytes_atomic
 from shard_tools.synth import CLASSES, SHAPES, clip_labels, render_clip
@@ -381,10 +381,8 @@ def report(out, report_dir):
     if not results.is_file():
         raise click.UsageError(f"{results} does not exist: run `pretrain` or `finetune` with --out {out} first")
     rows = [json.loads(line) for line in results.read_text().splitlines() if line]
-    write_json(Path(report_dir) / "budget.json", {"rows": rows, "environment": environment()})
-    text = report_text(rows)
-    write_report(Path(report_dir) / "budget.md", text)
-    print(text)
+    print(write_json_and_report(Path(report_dir) / "budget.json", {"rows": rows, "environment": environment()},
+                                report_text(rows)))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import torch
 
-from bench.env import environment, write_json, write_report
+from bench.env import environment, write_json_and_report
 from bench.experiments import budget
 from shard_tools.files import write_json_atomic
 from shard_tools.synth import CLASSES
@@ -172,10 +172,8 @@ def main(out, settings, pretrain_videos, finetune_videos, val_videos, pretrain_s
         print(f"the report waits for: {', '.join(waiting)} (run them with the same --out)")
         return
     rows = report_rows(out)
-    write_json(Path(report_dir) / "table1.json", {"rows": rows, "environment": environment()})
-    text = report_text(rows)
-    write_report(Path(report_dir) / "table1.md", text)
-    print(text)
+    print(write_json_and_report(Path(report_dir) / "table1.json", {"rows": rows, "environment": environment()},
+                                report_text(rows)))
 
 
 if __name__ == "__main__":
