@@ -97,8 +97,9 @@ class MixtureLoader:
             batch = next(self._streams[i])
             if self.remaps[i] is not None and "label" in batch:
                 label = batch["label"]
-                remap = self.remaps[i].to(label.device)
-                batch["label"] = torch.where(label >= 0, remap[label.clamp(min=0)], label)
+                if self.remaps[i].device != label.device:      # once: no copy per batch
+                    self.remaps[i] = self.remaps[i].to(label.device)
+                batch["label"] = torch.where(label >= 0, self.remaps[i][label.clamp(min=0)], label)
             batch["source"] = i
             self._videos[i] += self.loaders[i].batch_size
             self._batches_done += 1
