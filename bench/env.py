@@ -9,6 +9,10 @@
 A report measured on a tree with uncommitted changes cannot name the code it measured: environment()
 records `git_dirty: true`, and bench.report flags such a section with DIRTY_WARNING (it never prints
 a commit with a "+dirty" suffix as if it named the code).
+
+Where there is no git checkout (a GPU host receives a copy of the working tree without .git), the
+environment variables VMAE2_GIT_COMMIT (the commit the copy was made from) and VMAE2_GIT_DIRTY
+(0 or 1) stand in for git; bench/gpu/README.md passes them with every device call.
 """
 from __future__ import annotations
 
@@ -35,15 +39,33 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+COMMIT_VAR, DIRTY_VAR = "VMAE2_GIT_COMMIT", "VMAE2_GIT_DIRTY"
+
+
 def git_commit() -> str:
-    """Short hash of HEAD of this checkout, or 'unknown' outside git (never with a '+dirty' suffix)."""
-    return _git("rev-parse", "--short", "HEAD") or "unknown"
+    """Short hash of HEAD of this checkout (never with a '+dirty' suffix).
+
+    Outside git (no git program, or a copy of the tree without .git): $VMAE2_GIT_COMMIT, else 'unknown'.
+    """
+    return _git("rev-parse", "--short", "HEAD") or os.environ.get(COMMIT_VAR) or "unknown"
 
 
 def git_dirty() -> bool | None:
-    """True when tracked files differ from HEAD (untracked files do not count); None outside git."""
+    """True when tracked files differ from HEAD (untracked files do not count).
+
+    Outside git: $VMAE2_GIT_DIRTY (0 = clean, 1 = dirty), else None (unknown).
+    """
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return None if status is None else bool(status)
+    if status is not None:
+        return bool(status)
+    value = os.environ.get(DIRTY_VAR)
+    if value is None:
+        return None
+    if value not in ("0", "1"):
+        # a typo must not pass for a clean tree: reports treat an unknown state as clean
+        raise ValueError(f"{DIRTY_VAR}={value!r}: set it to 0 (the copy is a clean checkout of "
+                         f"${COMMIT_VAR}) or 1 (it has uncommitted changes)")
+    return value == "1"
 
 
 def cpu_name() -> str:

@@ -149,11 +149,12 @@ def _sync(batch):
 
 def markdown(report: dict) -> str:
     env, cfg = report["environment"], report["config"]
+    decord = report["decord"] or ("not installed (reference decodes with PyAV)" if report["pyav"] else "not installed")
     lines = [f"# Loader: dali_pipes, its host side and the reference loader ({env['device']})", "",
              f"- command: `{env['command']}`", f"- git commit: {env['git_commit']}, {env['time_utc']}",
              f"- hardware: {env['cpu']} ({env['cpu_count']} cores)" + (f", {env.get('gpu')}" if env.get("gpu") else ""),
-             f"- versions: python {env['python']}, torch {env['torch']}, DALI {env['dali']}, PyAV {report['pyav']}, "
-             f"decord {report['decord'] or 'not installed (reference decodes with PyAV)'}"]
+             f"- versions: python {env['python']}, torch {env['torch']}, DALI {env['dali']}, "
+             f"PyAV {report['pyav'] or 'not installed'}, decord {decord}"]
     throughput = [r for r in report["results"] if r.get("stage", "throughput") == "throughput"]
     if throughput:
         lines += [f"- clips: {cfg['num_frames']}×{cfg['img_size']}² at stride {cfg['stride']}, num_sample "
@@ -163,6 +164,8 @@ def markdown(report: dict) -> str:
                   f"- timing: {cfg['warmup']} warm-up batches, then median of {cfg['repeats']} runs × "
                   f"{cfg['batches']} batches", ""]
         lines += _throughput_tables(throughput)
+    if report.get("notes"):
+        lines += ["", *report["notes"]]
     sampling = [r for r in report["results"] if r.get("stage") == "sampling"]
     if sampling:
         lines += ["", "## Host side: the sampling stage and the training thread", ""]
@@ -304,24 +307,28 @@ def _version(module: str) -> str | None:
 def throughput_stage(codecs, videos, short_side, video_frames, batch_size, threads, batches, warmup, repeats,
                      data_root, device, sizes, notes, data_dir=None) -> list[dict]:
     """dali_pipes against the reference loader per codec and thread count, then the breakdown."""
-    from bench.baselines.reference_loader import ReferenceLoader
+    from bench.baselines.reference_loader import ReferenceLoader, decoder_name
     from dali_pipes.sampling import SamplingConfig
 
     gpu = device == "cuda"
     opts = {**sizes, "device": device}
     clips_per_batch = batch_size * sizes["num_sample"]
     results = []
+    with_reference = decoder_name() is not None
+    if not with_reference:   # dali_pipes' own numbers do not depend on it
+        notes.append("- reference loader left out: it decodes with decord or PyAV, and neither is installed "
+                     "(pip install decord).")
     for codec in codecs:
         if codec not in CPU_DECODABLE_CODECS and not gpu:
             notes.append(f"- {codec} skipped: DALI's CPU decoder reads only VP8, VP9 and MJPEG.")
             continue
         data = data_dir or make_dataset(Path(data_root), codec, videos, short_side, video_frames)
         for n in threads:
-            for name, make in (
-                ("dali_pipes", lambda: make_loader(data, batch_size, n, opts)),
-                ("reference", lambda: ReferenceLoader(data, batch_size, SamplingConfig(**sizes), num_workers=n,
-                                                      device=device)),
-            ):
+            loaders = [("dali_pipes", lambda: make_loader(data, batch_size, n, opts))]
+            if with_reference:
+                loaders.append(("reference", lambda: ReferenceLoader(data, batch_size, SamplingConfig(**sizes),
+                                                                     num_workers=n, device=device)))
+            for name, make in loaders:
                 r = time_loader(make, batches, warmup, repeats, clips_per_batch)
                 r.update(codec=codec, loader=name, threads=n,
                          frames_per_s=r["clips_per_s"] / sizes["num_sample"] * sizes["num_frames"])

@@ -7,6 +7,9 @@ Reads `bench/reports/<device>/*.json` (written by `python -m bench.NAME --json .
 versions, git commit and command line its JSON recorded; no number is typed by hand. A section
 measured on a tree with uncommitted changes carries a warning line (and one is printed). What is
 written by hand below the notes marker (bench.env.NOTES_MARK) survives a rerun.
+
+Plots need matplotlib, which is optional (the `[bench]` extra): without it, or when a plot fails,
+the tables are written all the same and the section says which plot was left out and why.
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ import click
 
 from bench.env import DIRTY_WARNING, is_dirty, write_report
 
-ORDER = ["gpu_run", "gpu_tests", "flops", "step", "loader", "e2e", "epoch", "pack"]
+ORDER = ["gpu_run", "gpu_tests", "flops", "step", "step_distill", "loader", "e2e", "epoch", "pack", "colour"]
 TITLES = {"gpu_run": "Acceptance run: parts and their outcome (`bench.gpu`)",
           "gpu_tests": "GPU tests (`pytest -m gpu`, run by `bench.gpu`)",
           "flops": "FLOPs per clip (`bench.flops`)", "step": "Training step, model alone (`bench.step`)",
+          "step_distill": "Distillation step: frozen teacher forward + student step (`bench.step --distill-teacher`)",
           "loader": "Data loader against the reference loader (`bench.loader`)",
           "e2e": "End to end: shards → DALI → trainer (`bench.e2e`)",
-          "epoch": "Projected epoch time (`bench.epoch`)", "pack": "Packing shards (`bench.pack`)"}
+          "epoch": "Projected epoch time (`bench.epoch`)", "pack": "Packing shards (`bench.pack`)",
+          "colour": "YUV → RGB: DALI's decoder against FFmpeg's swscale (`bench.colour`)"}
 
 
 def load_reports(folder: str) -> dict[str, dict]:
@@ -73,12 +78,17 @@ def env_header(env: dict | None) -> str:
     return text + "\n"
 
 
-def plot_step(payload: dict, folder: str, name: str) -> list[str]:
+def pyplot():
+    """matplotlib.pyplot drawing to files (Agg); ImportError where matplotlib is not installed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_step(payload: dict, folder: str, name: str, plt) -> list[str]:
     rows = payload.get("rows", [])
     made = []
     if not rows:
@@ -119,12 +129,7 @@ def plot_step(payload: dict, folder: str, name: str) -> list[str]:
     return made
 
 
-def plot_loader(payload: dict, folder: str, name: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_loader(payload: dict, folder: str, name: str, plt) -> list[str]:
     rows = [r for r in payload.get("rows", []) if "clips_per_s" in r]
     if not rows:
         return []
@@ -145,8 +150,29 @@ def plot_loader(payload: dict, folder: str, name: str) -> list[str]:
 PLOTS = {"step": plot_step, "loader": plot_loader}
 
 
+def plot_lines(kind: str, payload: dict, folder: str, name: str, warn=None) -> list[str]:
+    """Markdown for a section's plots: the images, or a line saying which plot was left out and why.
+
+    A report must not die for a plot: the GPU host runs the report at the end of a short loan.
+    """
+    draw = PLOTS.get(kind)
+    if draw is None:
+        return []
+    try:
+        plt = pyplot()
+        return [f"![{png}]({png})\n" for png in draw(payload, folder, name, plt)]
+    except ImportError as err:
+        why = (f"matplotlib is not importable here ({err}); `pip install matplotlib` (the `[bench]` extra) "
+               f"and rerun `python -m bench.report --folder` on this folder to draw it")
+    except Exception as err:  # a malformed row costs the plot, not the tables above it
+        why = f"drawing it failed: {type(err).__name__}: {err}"
+    if warn is not None:
+        warn(f"warning: {os.path.join(folder, name)}.json: plot left out: {why}")
+    return [f"_Plot left out: {why}._\n"]
+
+
 def render(folder: str, warn=None) -> str:
-    """The README of one device folder; `warn(message)` is called once per dirty section."""
+    """The README of one device folder; `warn(message)` is called once per dirty section and per plot left out."""
     reports = load_reports(folder)
     device = os.path.basename(os.path.normpath(folder))
     text = [f"# vmae2 benchmark report: {device}\n",
@@ -175,8 +201,7 @@ def render(folder: str, warn=None) -> str:
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 text.append(f"**{key}**\n")
                 text.append(markdown_table(value))
-        for png in PLOTS.get(kind(name), lambda *_: [])(payload, folder, name):
-            text.append(f"![{png}]({png})\n")
+        text += plot_lines(kind(name), payload, folder, name, warn)
     return "\n".join(text)
 
 

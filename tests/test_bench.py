@@ -81,6 +81,65 @@ def test_environment_records_commit_and_dirty_flag_apart():
     assert not is_dirty({"git_commit": "abc1234", "git_dirty": False}) and not is_dirty(None)
 
 
+@pytest.mark.parametrize("no_git", ["not a checkout", "no git program"])
+def test_outside_git_the_commit_and_dirty_flag_come_from_the_environment(tmp_path, monkeypatch, no_git):
+    from bench import env as bench_env
+
+    if no_git == "not a checkout":      # a copy of the tree without .git, as a GPU host receives it
+        monkeypatch.setattr(bench_env, "ROOT", tmp_path)
+        monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    else:
+        monkeypatch.setenv("PATH", str(tmp_path))
+    for name in ("VMAE2_GIT_COMMIT", "VMAE2_GIT_DIRTY"):
+        monkeypatch.delenv(name, raising=False)
+    assert bench_env.git_commit() == "unknown" and bench_env.git_dirty() is None
+    monkeypatch.setenv("VMAE2_GIT_COMMIT", "0123abc")
+    monkeypatch.setenv("VMAE2_GIT_DIRTY", "0")
+    assert bench_env.git_commit() == "0123abc" and bench_env.git_dirty() is False
+    assert bench_env.environment()["git_commit"] == "0123abc"
+    monkeypatch.setenv("VMAE2_GIT_DIRTY", "1")
+    assert bench_env.git_dirty() is True and bench_env.is_dirty(bench_env.environment())
+    monkeypatch.setenv("VMAE2_GIT_DIRTY", "no")
+    with pytest.raises(ValueError, match="VMAE2_GIT_DIRTY='no': set it to 0"):
+        bench_env.git_dirty()
+
+
+def test_inside_git_the_environment_variables_do_not_override_git(monkeypatch):
+    from bench.env import git_commit
+
+    if git_commit() == "unknown":
+        pytest.skip("this copy of the tree is not a git checkout")
+    monkeypatch.setenv("VMAE2_GIT_COMMIT", "not-this")
+    assert git_commit() != "not-this"
+
+
+def test_report_without_matplotlib_keeps_tables_and_says_why_plots_are_missing(tmp_path, monkeypatch):
+    import builtins
+
+    from bench.env import write_json
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    env = {"cpu": "x", "cpu_count": 2, "torch": "2", "python": "3", "git_commit": "abc1234", "git_dirty": False}
+    row = {"preset": "tiny", "decoder_mask_ratio": 0.5, "compile": False, "activation_checkpointing": False,
+           "clips_per_step": 2, "clips_per_s": 7.25}
+    write_json(tmp_path / "step.json", {"bench": "step", "env": env, "rows": [row]})
+    write_json(tmp_path / "loader.json", {"bench": "loader", "env": env, "rows": [{"loader": "dali_pipes",
+                                                                                   "clips_per_s": 3.5}]})
+    warnings = []
+    text = report.render(str(tmp_path), warn=warnings.append)
+    assert "| 7.25 |" in text and "| 3.5 |" in text                    # the tables are all there
+    assert text.count("Plot left out: matplotlib is not importable here") == 2
+    assert "pip install matplotlib" in text and not list(tmp_path.glob("*.png"))
+    assert sum("matplotlib" in w for w in warnings) == 2
+
+
 def test_report_flags_dirty_sections_and_keeps_notes(tmp_path):
     from bench.env import DIRTY_WARNING, NOTES_MARK, write_json
 

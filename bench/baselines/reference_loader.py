@@ -26,6 +26,17 @@ except ImportError:  # PyAV (FFmpeg) is the fallback decoder
     decord = None
 
 
+def decoder_name() -> str | None:
+    """The decoder the reference loader will use: "decord", "pyav", or None where neither is installed."""
+    if decord is not None:
+        return "decord"
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return None
+    return "pyav"
+
+
 def decode_frames(encoded: bytes, indices: np.ndarray) -> np.ndarray:
     """(len(indices), H, W, 3) uint8 frames of an encoded video: decord get_batch, or PyAV."""
     if decord is not None:

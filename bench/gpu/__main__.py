@@ -1,6 +1,7 @@
-"""The acceptance run on one CUDA GPU: GPU tests, step benches (ViT-B/L, ViT-g under FSDP2), the loader
-and end-to-end benches and an epoch projection, each under its own time budget, gathered into one
-README. --dry-run runs it all on a CPU at toy sizes. See bench/gpu/README.md."""
+"""The acceptance run on one CUDA GPU: GPU tests, step benches (ViT-B/L, ViT-g under FSDP2, a distillation
+step of a ViT-g teacher and a ViT-B student), the loader and end-to-end benches and an epoch projection, each
+under its own time budget, gathered into one README. --dry-run runs it all on a CPU at toy sizes. See
+bench/gpu/README.md."""
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def preflight(parts: list[str], dry_run: bool) -> None:
                     p.name for p in plan(Path("."), False) if p.name in parts and p.needs_dali)
                 + " need it: on the offline GPU host run `bash .offline/deps/install.sh && export "
                   "PYTHONPATH=$PWD/.offline/site:$PWD` first (bench/gpu/README.md), or choose "
-                  "--parts step,step_vit_g") from None
+                  "--parts step,step_vit_g,step_distill") from None
 
 
 @click.group(invoke_without_command=True, help=__doc__)
@@ -64,7 +65,7 @@ def preflight(parts: list[str], dry_run: bool) -> None:
 @click.option("--parts", default=",".join(PART_NAMES), show_default=True,
               help="Comma-separated parts to run (always in the order shown); rows of parts run earlier into the "
                    "same --out are kept.")
-@click.option("--budget-s", default=480.0, show_default=True,
+@click.option("--budget-s", default=525.0, show_default=True,
               help="Wall-clock budget of the whole run in seconds; each part also stops at its own budget.")
 @click.option("--dry-run", is_flag=True,
               help="Run everything on the CPU at toy sizes (VP9 shards, tiny model, GPU tests collected and "
@@ -98,8 +99,14 @@ def main(ctx, out, shards, parts, budget_s, dry_run):
     if tests.is_file():
         counts = json.loads(tests.read_text())["counts"]
         click.echo("gpu tests: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    if any(r["status"] != "ok" for r in payload["rows"] if r["part"] in chosen):
+    if any(not part_passed(r, dry_run) for r in payload["rows"] if r["part"] in chosen):
         ctx.exit(1)
+
+
+def part_passed(row: dict, dry_run: bool) -> bool:
+    """A part ran to the end; a dry run (which checks the script, not the machine) also passes a part
+    skipped for an optional package this Python lacks (pytest in a plain `pip install -e .`)."""
+    return row["status"] == "ok" or (dry_run and row["status"] == "skipped" and bool(row.get("missing_packages")))
 
 
 @main.command("make-shards", help="Make the shard sets the run reads into DIR (needs PyAV), and print their size.")

@@ -4,11 +4,14 @@ A part that runs past its budget is killed (its whole process group) and recorde
 so one slow part cannot eat the others' time. Every part's output goes to PART.log in the report
 folder; what each part measured goes to its own JSON, gathered by bench.report into README.md.
 gpu_run.json records each part's outcome, wall time, budget and (for the loader and end-to-end
-parts) the GPU, NVDEC and CPU use while it ran. Running only some parts (--parts) updates their
-rows and keeps the others', so a run can be spread over several calls into one folder.
+parts) the GPU, NVDEC and CPU use while it ran, and which optional packages the machine has. A part
+whose package is missing (pytest for the GPU tests) is skipped with the reason, and the others run.
+Running only some parts (--parts) updates their rows and keeps the others', so a run can be spread
+over several calls into one folder.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import resource
@@ -26,6 +29,16 @@ from bench.env import environment, write_json
 RUN_RECORD = "gpu_run.json"
 ROOT = Path(__file__).resolve().parents[2]   # the repository: parts run from here
 REPORT_RESERVE_S = 10  # kept back from the total budget for the epoch projection's report
+# Packages the run uses where they are installed, recorded in gpu_run.json (the GPU host has no PyAV):
+# module -> (name in the report, what changes without it).
+OPTIONAL_PACKAGES = {
+    "pytest": ("pytest", "the gpu_tests part is skipped"),
+    "matplotlib": ("matplotlib", "no plots, the tables stay"),
+    "av": ("PyAV", "shard sets cannot be made here; the reference loader needs decord"),
+    "decord": ("decord", "the reference loader decodes with PyAV"),
+    "cv2": ("OpenCV", "the GPU tests' reference decoder is PyAV or decord only"),
+    "nvidia.dali": ("DALI", "the gpu_tests, loader and e2e parts cannot run"),
+}
 
 
 @dataclass
@@ -36,6 +49,7 @@ class Part:
     needs_dali: bool = False                   # DALI must be importable
     sample_utilisation: bool = False           # sample GPU / NVDEC use with nvidia-smi while it runs
     requires: tuple[str, ...] = ()             # files in the report folder that earlier parts must have written
+    needs_modules: tuple[str, ...] = ()        # optional packages the part cannot run without
     extra: dict = field(default_factory=dict)  # recorded beside the outcome
 
 
@@ -77,18 +91,22 @@ def loader_argv(shards: Path, dry_run: bool, supported: set[str], dropped: list[
 
 
 def plan(shards: Path, dry_run: bool) -> list[Part]:
-    """The parts in run order, sized for a GPU (about 480 s in all) or, with dry_run, for a CPU."""
+    """The parts in run order, sized for a GPU (about 525 s in all) or, with dry_run, for a CPU."""
     test_file = str(ROOT / "tests" / "test_gpu.py")
     if dry_run:
         toy = ["--presets", "tiny", "--model", "img_size=56", "--model", "num_frames=8", "--batch", "2",
                "--warmup", "1"]
         step = [*toy, "--ratios", "0,0.5", "--repeats", "2"]
         big = [*toy, "--ratios", "0.5", "--repeats", "1"]
+        distill = [*toy, "--distill-teacher", "tiny", "--repeats", "2"]
         e2e = ["--data", str(shards / "vp9-bench"), "--preset", "tiny", "--steps", "4", "--set", "model.img_size=56",
                "--set", "batch_videos_per_gpu=1", "--set", "num_sample=2", "--set", "loader_threads=1"]
     else:
         step = ["--presets", "vit_b,vit_l", "--ratios", "0,0.5", "--batch", "128", "--warmup", "3", "--repeats", "5"]
         big = ["--presets", "vit_g", "--ratios", "0.5", "--batch", "32", "--warmup", "1", "--repeats", "2"]
+        # a ViT-g K710 teacher (710 classes, 16x224x224) and a ViT-B student, the B K710 row's 32 clips per GPU
+        distill = ["--presets", "vit_b", "--distill-teacher", "vit_g", "--classes", "710", "--batch", "32",
+                   "--warmup", "1", "--repeats", "3"]
         e2e = ["--data", str(shards / "h264-320p"), "--preset", "vit_b", "--steps", "40",
                "--set", "batch_videos_per_gpu=32", "--set", "loader_threads=8"]
     dropped: list[str] = []
@@ -108,19 +126,50 @@ def plan(shards: Path, dry_run: bool) -> list[Part]:
     return [
         Part("gpu_tests", 140, lambda out: python_m(
             "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", test_file,
-            f"--junitxml={out / 'gpu_tests.xml'}"), needs_dali=True),
+            f"--junitxml={out / 'gpu_tests.xml'}"), needs_dali=True, needs_modules=("pytest",)),
         Part("step", 90, lambda out: python_m(
             "bench.step", *step, "--compile", "off", "--checkpointing", "off", "--no-max-batch",
             "--json", str(out / "step.json"))),
         Part("step_vit_g", 75, lambda out: python_m(
             "bench.step", *big, "--compile", "off", "--checkpointing", "on", "--fsdp", "--no-max-batch",
             "--json", str(out / "step_vit_g.json"))),
+        Part("step_distill", 45, lambda out: python_m(
+            "bench.step", *distill, "--compile", "off", "--checkpointing", "off", "--json",
+            str(out / "step_distill.json"))),
         Part("loader", 75, loader, needs_dali=True, sample_utilisation=True,
              extra={"flags_not_supported": dropped}),
         Part("e2e", 80, lambda out: python_m("bench.e2e", *e2e, "--json", str(out / "e2e.json")),
              needs_dali=True, sample_utilisation=True),
         Part("epoch", 20, epoch, requires=("step.json",)),
     ]
+
+
+def importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def package_versions() -> dict[str, str | None]:
+    """Version of each optional package (OPTIONAL_PACKAGES) in this Python, None where it is missing."""
+    versions = {}
+    for module in OPTIONAL_PACKAGES:
+        try:
+            versions[module] = str(getattr(importlib.import_module(module), "__version__", "unknown"))
+        except Exception:  # an absent or broken optional package is recorded as absent
+            versions[module] = None
+    return versions
+
+
+def packages_note(versions: dict[str, str | None]) -> str:
+    """One line for the report: which optional packages were there and what the missing ones cost."""
+    present = [f"{OPTIONAL_PACKAGES[m][0]} {v}" for m, v in versions.items() if v is not None]
+    missing = [f"{OPTIONAL_PACKAGES[m][0]} ({OPTIONAL_PACKAGES[m][1]})"
+               for m, v in versions.items() if v is None]
+    return ("Optional packages here: " + (", ".join(present) or "none")
+            + ("; missing: " + "; ".join(missing) if missing else "") + ".")
 
 
 def _children_cpu_s() -> float:
@@ -219,6 +268,14 @@ def run_all(out: Path, shards: Path, parts: list[str] | None, budget_s: float, d
                                "reason": f"needs {', '.join(missing)} from an earlier part"}
             echo(f"[{part.name}] skipped: needs {', '.join(missing)}")
             continue
+        absent = [module for module in part.needs_modules if not importable(module)]
+        if absent:
+            reason = (f"needs {', '.join(absent)}, which this Python cannot import: "
+                      f"pip install {' '.join(absent)}")
+            rows[part.name] = {"part": part.name, "budget_s": part.budget_s, "status": "skipped",
+                               "reason": reason, "missing_packages": absent}
+            echo(f"[{part.name}] skipped: {reason}")
+            continue
         if left < min(5, part.budget_s):   # too little left to start a Python process and do anything
             rows[part.name] = {"part": part.name, "budget_s": part.budget_s, "status": "skipped",
                                "reason": f"the total budget of {budget_s:.0f} s was spent"}
@@ -232,7 +289,9 @@ def run_all(out: Path, shards: Path, parts: list[str] | None, budget_s: float, d
         reason = f": {row['reason']}" if row.get("reason") else ""
         echo(f"[{part.name}] {row['status']} in {row['wall_s']} s{reason}")
     order = [p.name for p in plan(shards, dry_run)]
+    packages = package_versions()
     payload = {"bench": "gpu_run", "env": env, "dry_run": dry_run, "budget_s": budget_s, "shards": str(shards),
+               "packages": packages, "notes": packages_note(packages),
                "shard_sets": [{"name": name, **spec} for name, spec in
                               ((read_shard_record(shards) or {}).get("sets") or {}).items()],
                "rows": sorted(rows.values(), key=lambda r: order.index(r["part"]) if r["part"] in order else 99)}
