@@ -15,6 +15,7 @@ import torch
 from shard_tools.files import write_json_atomic, write_text_atomic
 
 from . import distributed
+from .config import FinetuneConfig
 
 
 @torch.no_grad()
@@ -73,21 +74,33 @@ def predictions_text(videos: dict[str, tuple[int, np.ndarray]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def eval_config(cfg: FinetuneConfig, views: tuple[int, int]):
+    """The test views of a run (dali_pipes.classify.TestConfig): clips × crops at the model's size."""
+    from dali_pipes import classify
+
+    m = cfg.model
+    return classify.TestConfig(num_frames=m.num_frames, stride=cfg.frame_stride, sampling=cfg.sampling,
+                               num_clips=views[0], num_crops=views[1], short_side=m.img_size)
+
+
 def evaluate_views(model, cfg, data: str, views: tuple[int, int], env, out_dir=None) -> dict:
     """Evaluate `model` on the labeled shards `data` with clips × crops test views; all ranks call this."""
+    from dali_pipes.bad_samples import merge_records
     from dali_pipes.classify import test_loader
-
-    from .tasks import eval_config
 
     num_clips, num_crops = views
     loader = test_loader(data, cfg.batch_videos_per_gpu, eval_config(cfg, views), device=env.device,
                          rank=env.rank, world_size=env.world_size, num_threads=cfg.loader_threads)
     try:
         videos = gather_videos(video_probabilities(model, loader, distributed.autocast(cfg.precision, env.device)))
+        # videos whose checksum or decode failed are left out of the scores (dali_pipes.bad_samples)
+        bad = merge_records(distributed.all_gather_objects(loader.bad_samples()))
     finally:
         if hasattr(loader, "close"):
             loader.close()
-    result = {**metrics(videos), "views": f"{num_clips}x{num_crops}"}
+    skipped = sorted(({k: r[k] for k in ("key", "shard", "reason")} for r in bad), key=lambda r: r["key"])
+    result = {**metrics(videos), "views": f"{num_clips}x{num_crops}", "num_skipped": len(skipped),
+              "skipped": skipped}
     if out_dir is not None and env.is_main:
         write_text_atomic(Path(out_dir) / "predictions.jsonl", predictions_text(videos))
     return result
@@ -97,9 +110,9 @@ def run_eval(weights: str, data: str, out: str, *, preset: str | None = None, vi
              head_rows: str | None = None, sets=(), device: str = "auto") -> dict:
     """`vmae2-train eval`: a classifier from `weights` on the labeled shards `data` → OUT/result.json."""
     from .config import finetune_config
+    from .datasets import dataset_num_classes
     from .model import VideoClassifier
     from .overrides import ConfigError, parse_set_args
-    from .tasks import dataset_num_classes
     from .weights import load_weights, read_source
 
     try:

@@ -9,22 +9,15 @@ guard, logging, DDP/FSDP2, checkpoints and exact resume. Two tasks:
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import optim
 from .config import FinetuneConfig, PretrainConfig, TrainConfig
+from .datasets import check_data, dataset_num_classes
 from .model import VideoClassifier, VideoMAEv2
 from .overrides import ConfigError
-
-
-def check_data(path: str, name: str = "data") -> None:
-    if not path or not Path(path).exists():
-        raise FileNotFoundError(f"{name}={path!r}: no such shard folder, manifest.json or mixture file; pack videos "
-                                f"with `vmae2-shard pack` or make a synthetic set with `vmae2-shard synth OUT`")
 
 
 def sampling_config(cfg: TrainConfig):
@@ -120,7 +113,8 @@ class Classification:
 
         return finetune_loader(self.cfg.data, self.cfg.batch_videos_per_gpu, classify_config(self.cfg),
                                device=env.device, rank=env.rank, world_size=env.world_size, seed=self.cfg.seed,
-                               num_threads=self.cfg.loader_threads, label_map=self.cfg.label_map or None)
+                               num_threads=self.cfg.loader_threads, label_map=self.cfg.label_map or None,
+                               flip_map=self.cfg.label_flip_map or None)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         video, label = batch["video"], batch["label"]
@@ -172,38 +166,15 @@ def classify_config(cfg: FinetuneConfig):
     from dali_pipes.views import EraseConfig
 
     m = cfg.model
+    erase = EraseConfig(prob=cfg.random_erase_prob, min_area=cfg.random_erase_min_area,
+                        max_area=cfg.random_erase_max_area, min_aspect=cfg.random_erase_min_aspect)
     return classify.FinetuneConfig(num_frames=m.num_frames, stride=cfg.frame_stride, sampling=cfg.sampling,
-                                   img_size=m.img_size, num_sample=cfg.num_sample, flip_prob=0.5 if cfg.flip else 0.0,
+                                   img_size=m.img_size, num_sample=cfg.num_sample,
+                                   crop_scale=(cfg.crop_scale_min, cfg.crop_scale_max),
+                                   crop_ratio=(cfg.crop_ratio_min, cfg.crop_ratio_max),
+                                   flip_prob=0.5 if cfg.flip else 0.0,
                                    rand_augment=rand_augment_config(cfg.rand_augment),
-                                   erase=EraseConfig(prob=cfg.random_erase_prob) if cfg.random_erase_prob else None)
-
-
-def eval_config(cfg: FinetuneConfig, views: tuple[int, int]):
-    """The test views of this run (dali_pipes.classify.TestConfig): clips × crops at the model's size."""
-    from dali_pipes import classify
-
-    m = cfg.model
-    return classify.TestConfig(num_frames=m.num_frames, stride=cfg.frame_stride, sampling=cfg.sampling,
-                               num_clips=views[0], num_crops=views[1], short_side=m.img_size)
-
-
-def dataset_num_classes(data: str, label_map: str = "") -> int:
-    """Classes of a labeled shard set (its manifest's label map), or of a mixture's label map file."""
-    check_data(data)
-    from dali_pipes.mixture import is_mixture
-    from dali_pipes.shards import open_shards
-    from shard_tools.format import read_manifest
-    from shard_tools.mixture import read_mixture
-    from shard_tools.sources import read_label_map
-
-    if label_map:
-        return len(read_label_map(label_map))
-    root = read_mixture(data)[0]["path"] if is_mixture(data) else open_shards(data).root
-    labels = read_manifest(root)["labels"]
-    if not labels:
-        raise ValueError(f"{data}: the dataset has no labels (manifest 'labels' is empty); fine-tuning needs a "
-                         f"labeled set (vmae2-shard pack with class folders or a `path label` list, or synth)")
-    return len(labels)
+                                   erase=erase if cfg.random_erase_prob else None)
 
 
 def task_for(cfg: TrainConfig):
