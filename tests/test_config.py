@@ -36,7 +36,9 @@ PUBLISHED_SCRIPTS = {
     ("vit_b", "ssv2"): (16, 2e-3, 25, 5, 0.65, 0.1, 0.05, 0.0, "tsn", (2, 3)),
     ("vit_l", "k400"): (6, 2e-3, 35, 5, 0.75, 0.2, 0.05, 0.0, 4, (5, 3)),
     ("vit_l", "ssv2"): (6, 5e-4, 20, 5, 0.75, 0.2, 0.05, 0.0, "tsn", (2, 3)),
+    ("vit_h", "k400"): (4, 1e-3, 40, 5, 0.8, 0.2, 0.05, 0.0, 4, (5, 3)),
     ("vit_h", "k600"): (4, 1e-3, 40, 5, 0.8, 0.2, 0.05, 0.0, 4, (5, 3)),
+    ("vit_h", "k710"): (4, 1e-3, 40, 5, 0.8, 0.2, 0.05, 0.0, 4, (5, 3)),
     ("vit_h", "ssv2"): (4, 5e-4, 20, 5, 0.8, 0.2, 0.05, 0.0, "tsn", (2, 3)),
     ("vit_g", "k400"): (3, 1e-3, 30, 5, 0.9, 0.2, 0.1, 0.0, 4, (5, 3)),
     ("vit_g", "k710"): (3, 1e-3, 35, 5, 0.9, 0.3, 0.1, 5.0, 4, (5, 3)),
@@ -65,6 +67,20 @@ def test_finetune_recipes_are_the_published_scripts(key):
     # 1000 batches per epoch: total steps from the epochs, warmup from its epochs
     total, warmup_steps = cfg.steps(1000)
     assert total == epochs * 1000 and warmup_steps == pytest.approx(warmup * 1000, abs=1)
+
+
+# The scripts that pass --head_drop_rate 0.5 (models/modeling_finetune.py: dropout before the head);
+# every other script keeps run_class_finetuning.py's default 0.0.
+HEAD_DROP_HALF = {("vit_h", "k400"), ("vit_h", "k600"), ("vit_h", "k710"), ("vit_g", "k710_to_ucf101"),
+                  ("vit_g", "k710_to_hmdb51")}
+
+
+def test_head_dropout_is_half_exactly_where_the_published_scripts_set_it():
+    rows = [(preset, dataset) for preset, p in PRESETS.items() for dataset in p.finetune]
+    assert HEAD_DROP_HALF <= set(rows) and len(rows) > len(HEAD_DROP_HALF)
+    for preset, dataset in rows:
+        expected = 0.5 if (preset, dataset) in HEAD_DROP_HALF else 0.0
+        assert finetune_config(preset, dataset).head_dropout == expected, (preset, dataset)
 
 
 def test_vit_g_decoder_takes_the_encoder_mlp_ratio():

@@ -186,11 +186,59 @@ def test_accepts_numpy_masks_and_bad_shapes_fail_clearly():
 def test_classifier_forward_and_head_init():
     torch.manual_seed(0)
     model = vmae2.build_classifier("tiny", 10)
-    assert model.head.weight.abs().max() <= 0.02 * 0.001 + 1e-12
+    assert 0 < model.head.weight.abs().max() <= 2 * 0.001 and (model.head.bias == 0).all()
     assert model.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
     assert isinstance(model.blocks[0].drop_path, torch.nn.Identity)
     video = torch.randint(0, 256, (2, 16, 112, 112, 3), dtype=torch.uint8)
     assert model(video).shape == (2, 10)
+
+
+# A standard normal's mass beyond ±1 and ±3 std.
+BEYOND_1_STD, BEYOND_3_STD = math.erfc(1 / math.sqrt(2)), math.erfc(3 / math.sqrt(2))
+
+
+def test_classifier_linears_init_like_the_published_finetuning_model():
+    """modeling_finetune._init_weights: timm trunc_normal_(std=.02) with bounds ±2 absolute (100 std, so
+    practically untruncated) on every Linear, biases 0; then head weight and bias × init_scale 0.001."""
+    torch.manual_seed(0)
+    model = vmae2.build_classifier("tiny", 2000)                       # a 2000 × 192 head: 384,000 draws
+    head = model.head.weight.detach() / 0.001
+    fc1 = model.blocks[0].mlp.fc1.weight.detach()                      # 768 × 192
+    for weight in (head, fc1):
+        std = weight.std().item()
+        assert std == pytest.approx(0.02, rel=0.01)                    # a ±1 std cut would give 0.0108
+        assert (weight.abs() > 0.02).float().mean().item() == pytest.approx(BEYOND_1_STD, abs=0.005)
+        assert (weight.abs() > 0.06).float().mean().item() == pytest.approx(BEYOND_3_STD, abs=0.001)
+        assert weight.abs().max() <= 2.0
+    assert (head.abs() > 0.07).any()                                    # tails well past 3 std are there
+    assert all((m.bias == 0).all() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+
+
+def test_head_dropout_of_the_preset_drops_the_features_before_the_head():
+    from conftest import SMALL_MODEL
+
+    from vmae2.config import finetune_config
+    from vmae2.tasks import Classification
+
+    # drop path off, so that the features are the same in train and eval mode
+    cfg = finetune_config("vit_h", "k400", {**SMALL_MODEL, "model.grad_checkpointing": False, "drop_path": 0.0})
+    model = Classification(cfg, num_classes=4).build_model()
+    assert cfg.head_dropout == 0.5 and model.head_dropout.p == 0.5
+    head_inputs = []
+    model.head.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0].detach()))
+    video = torch.randint(0, 256, (4, 16, 32, 32, 3), dtype=torch.uint8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        features = model.forward_features(video)                       # (4, 48)
+        model.eval()
+        model(video)
+        model.train()
+        model(video)
+    evaluated, trained = head_inputs
+    assert torch.equal(evaluated, features)                            # eval: the head sees the features
+    dropped = trained == 0
+    assert 0.3 < dropped.float().mean().item() < 0.7                  # train: about half of them zeroed ...
+    assert torch.allclose(trained[~dropped], 2 * features[~dropped])   # ... and the rest scaled by 1 / (1 − 0.5)
 
 
 def test_pretrain_init_follows_spec():

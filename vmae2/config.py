@@ -101,6 +101,7 @@ class TrainConfig:
     save_every: int = 500                # steps between checkpoints (and always at the end)
     keep_last: int = 3                   # checkpoints kept; older ones are deleted
     max_nonfinite_skips: int = 0         # non-finite steps skipped before the run stops
+    max_bad_sample_fraction: float = 0.01  # bad videos (replaced in their batch) per video read before the run stops
     tensorboard: bool = True             # also write TensorBoard events (when tensorboard is installed)
     progress: bool = True                # tqdm progress bar on rank 0
     log_keys: bool = False               # write each rank's sample keys to keys-rank{r}.jsonl (audits)
@@ -126,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"min_lr_base={self.min_lr_base} exceeds base_lr={self.base_lr}")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"layer_decay={self.layer_decay}: must lie in (0, 1]")
+        if not 0 <= self.max_bad_sample_fraction <= 1:
+            raise ConfigError(f"max_bad_sample_fraction={self.max_bad_sample_fraction}: must lie in [0, 1]")
 
     @property
     def videos_per_step(self) -> int:
@@ -167,7 +170,15 @@ class FinetuneConfig(TrainConfig):
     mixup_switch_prob: float = 0.5       # chance of cutmix instead of mixup when both are on
     rand_augment: str = "rand-m7-n4-mstd0.5-inc1"   # timm-style RandAugment spec ("" = off)
     random_erase_prob: float = 0.25      # random erasing, the same box on every frame
+    random_erase_min_area: float = 0.02  # erased box area range, as a share of the crop
+    random_erase_max_area: float = 1 / 3
+    random_erase_min_aspect: float = 0.3  # box aspect in [min, 1 / min]
+    crop_scale_min: float = 0.08         # random-resized crop: area range as a share of the frame
+    crop_scale_max: float = 1.0
+    crop_ratio_min: float = 0.75         # random-resized crop: aspect (w / h) range (the published 3/4 - 4/3)
+    crop_ratio_max: float = 1.3333
     flip: bool = True                    # horizontal flip p 0.5 (off for SSv2)
+    label_flip_map: str = ""             # file of class pairs a flip swaps ("" = the dataset's manifest)
     test_num_clips: int = 5              # test views: clips along time ...
     test_num_crops: int = 3              # ... × crops along the long side
     eval_every_epochs: float = 5.0       # fast 1-view validation every so many epochs (0 = only at the end)
@@ -184,6 +195,17 @@ class FinetuneConfig(TrainConfig):
         for key in ("label_smoothing", "mixup_switch_prob", "random_erase_prob", "ema_decay"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: must lie in [0, 1)")
+        if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
+            raise ConfigError(f"crop_scale_min={self.crop_scale_min}, crop_scale_max={self.crop_scale_max}: need "
+                              f"0 < min <= max <= 1")
+        if not 0 < self.crop_ratio_min <= self.crop_ratio_max:
+            raise ConfigError(f"crop_ratio_min={self.crop_ratio_min}, crop_ratio_max={self.crop_ratio_max}: need "
+                              f"0 < min <= max")
+        if not 0 < self.random_erase_min_area <= self.random_erase_max_area < 1 or \
+                not 0 < self.random_erase_min_aspect <= 1:
+            raise ConfigError(f"random_erase_min_area={self.random_erase_min_area}, random_erase_max_area="
+                              f"{self.random_erase_max_area}, random_erase_min_aspect={self.random_erase_min_aspect}: "
+                              f"need 0 < min area <= max area < 1 and 0 < min aspect <= 1")
 
 
 @dataclass(frozen=True)
@@ -203,7 +225,11 @@ _VIT_PRETRAIN = dict(total_steps=23_440, warmup_fraction=0.1, batch_videos_per_g
 
 
 def _script(batch, lr, epochs, layer_decay, drop_path, weight_decay=0.05, warmup_epochs=5, **extra):
-    """One row of the published fine-tuning scripts (spec §7): per-GPU batch, base lr, epochs, ..."""
+    """One row of the published fine-tuning scripts (spec §7): per-GPU batch, base lr, epochs, ...
+
+    The scripts' --head_drop_rate is head_dropout here: 0.5 where a script sets it (ViT-H K400/K600/K710,
+    ViT-g K710→UCF101/HMDB51), else their default 0.0.
+    """
     return dict(batch_videos_per_gpu=batch, base_lr=lr, epochs=epochs, total_steps=0,
                 warmup_fraction=warmup_epochs / epochs, layer_decay=layer_decay, drop_path=drop_path,
                 weight_decay=weight_decay, **extra)
@@ -243,7 +269,7 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(patch_size=16, depth=32, embed_dim=1280, num_heads=16, mlp_hidden_dim=5120,
                     decoder_embed_dim=512, decoder_num_heads=8, grad_checkpointing=True),
         pretrain=dict(_VIT_PRETRAIN, parallel="fsdp"),
-        finetune={**{name: _script(4, 1e-3, 40, 0.8, 0.2) for name in ("k400", "k600", "k710")},
+        finetune={**{name: _script(4, 1e-3, 40, 0.8, 0.2, head_dropout=0.5) for name in ("k400", "k600", "k710")},
                   "ssv2": _script(4, 5e-4, 20, 0.8, 0.2, **_SSV2)}),
     "vit_g": Preset(
         ModelConfig(patch_size=14, depth=40, embed_dim=1408, num_heads=16, mlp_hidden_dim=6144,
@@ -253,8 +279,9 @@ PRESETS: dict[str, Preset] = {
                   "k710": _script(3, 1e-3, 35, 0.9, 0.3, weight_decay=0.1, clip_grad_norm=5.0, parallel="fsdp"),
                   **{f"k710_to_{t}": _script(3, 1e-5, 3, 0.9, 0.25, weight_decay=0.1, warmup_epochs=1,
                                              parallel="fsdp") for t in ("k400", "k600")},
-                  "k710_to_ucf101": _script(3, 1e-3, 50, 0.9, 0.35, parallel="fsdp"),
-                  "k710_to_hmdb51": _script(3, 5e-4, 15, 0.9, 0.35, frame_stride=2, parallel="fsdp"),
+                  "k710_to_ucf101": _script(3, 1e-3, 50, 0.9, 0.35, head_dropout=0.5, parallel="fsdp"),
+                  "k710_to_hmdb51": _script(3, 5e-4, 15, 0.9, 0.35, head_dropout=0.5, frame_stride=2,
+                                            parallel="fsdp"),
                   "ssv2": _script(3, 3e-4, 20, 0.9, 0.25, parallel="fsdp", **_SSV2)}),
 }
 

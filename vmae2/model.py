@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -19,6 +19,7 @@ from .config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HEAD_INIT_SCALE = 0.001  # the published fine-tuning script's --init_scale: the classifier head starts near 0
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -31,7 +32,8 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
 
 
 def trunc_normal_one_std_(tensor: torch.Tensor, std: float) -> torch.Tensor:
-    """Normal(0, std) truncated at ±std (the published init), by inverse CDF in one pass.
+    """Normal(0, std) truncated at ±std, by inverse CDF in one pass: the published pre-training model's
+    mask_token init (its trunc_normal_ wrapper passes a=-std, b=std). The classifier is initialised differently.
 
     torch's trunc_normal_ resamples until all values fall inside, which at ±1 std takes many rounds.
     """
@@ -233,14 +235,17 @@ class VideoClassifier(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(cfg.embed_dim, num_classes)
         self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, cfg.embed_dim), persistent=False)
+        # The published fine-tuning model's _init_weights: every Linear N(0, 0.02) through timm's trunc_normal_
+        # with its default absolute bounds ±2 (100 std: in effect untruncated), biases 0; then the head
+        # scaled by init_scale 0.001. The cube embedding's Conv3d keeps PyTorch's default there too.
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                trunc_normal_one_std_(m.weight, std=0.02)
+                trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         with torch.no_grad():
-            self.head.weight.mul_(0.001)  # the published head init scale
-            self.head.bias.mul_(0.001)
+            self.head.weight.mul_(HEAD_INIT_SCALE)
+            self.head.bias.mul_(HEAD_INIT_SCALE)
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         _, x = normalize_video(video)
