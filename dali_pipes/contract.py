@@ -14,6 +14,13 @@ and batches that are dicts of
     label   int64 (B·N,) on the device, −1 for an unlabeled sample
     keys    list of B·N sample keys, aligned with the clips
 
+and, from the DALI loaders (optional for a stand-in; dali_pipes.bad_samples):
+
+    bad_samples   list of {key, shard, reason, detail} met since the previous batch, usually empty:
+                  samples whose video failed its checksum or did not decode. Their rows hold another
+                  sample of the same batch instead, so no clip of theirs is in any batch.
+    loader.bad_samples(), loader.samples_read()   the tally so far, kept in state_dict()
+
 tests/test_dali_model_contract.py feeds a real batch straight into the model.
 """
 from __future__ import annotations

@@ -31,27 +31,49 @@ world_size·batch_size duplicates fill the gaps. Nothing is dropped.
 Running ahead: the sampler keeps prefetch + 1 drawn batches, the clip pipeline decodes `prefetch`
 batches ahead (prefetch_queue_depth), and the collector keeps one finished batch ready.
 
-Resume: batch k's random choices come from numpy's Generator seeded with (seed, rank, k), and the
+Bad samples (bad_samples.py): the sampler checks each video's bytes against its json's checksum;
+the collector, when the clip pipeline raises, decodes each sample of that batch alone. A bad sample
+takes the data of a good sample of its batch, a batch with no good sample is dropped (the next one
+takes its place), and each is recorded: batch["bad_samples"] lists those met since the previous
+batch, bad_samples() and samples_read() the tally so far (kept in state_dict()).
+
+Resume: the draws for the k-th batch the reader gives come from numpy's Generator seeded with
+(seed, rank, k) (k counts reader batches, so also any dropped for having no good sample), and the
 read position lives in the reader pipeline, which DALI checkpoints. Each batch carries the reader's
 checkpoint taken right after it was read; state_dict() holds the one of the last batch handed out,
 so a loader restored from it continues with exactly the batches the uninterrupted one would give.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from shard_tools.format import CPU_DECODABLE_CODECS
 
+from .bad_samples import (
+    BadSampleTally,
+    bad_record,
+    checksum_failures,
+    no_good_sample_error,
+    replacement_rows,
+    sample_key,
+)
 from .pipeline import clip_pipeline, reader_pipeline
 from .sampling import parse_metas
 from .shards import ShardSet
+from .windows import dali_reason
+
+# Threads that CRC a batch's videos for the sampler: 32 videos of 1.5 MB took one core of an H200 host
+# 22 ms (median), most of a batch's time at the loader's target rate; 4 threads took 4 ms.
+CHECKSUM_THREADS = 4
 
 
 def resolve_device(device) -> tuple[str, int | None, torch.device]:
@@ -70,32 +92,45 @@ def resolve_device(device) -> tuple[str, int | None, torch.device]:
     return "gpu", index, torch.device("cuda", index)
 
 
-def sample_key(source_info: str) -> tuple[str, str]:
-    """(sample key, shard path) from the reader's source info "shard.tar:offset:key.json"."""
-    shard, _, member = source_info.rsplit(":", 2)
-    return member.split(".", 1)[0], shard
+def replace_rows(drawn: dict, bad_rows) -> None:
+    """Give each bad row of a drawn batch the encoded video, source and drawn arrays of a good row."""
+    rows = replacement_rows(len(drawn["sources"]), bad_rows)
+    encoded = drawn["encoded"]
+    drawn["encoded"] = [np.array(encoded[row]) for row in rows]  # copies: only a batch with a bad sample pays
+    drawn["sources"] = [drawn["sources"][row] for row in rows]
+    for array in drawn["arrays"].values():
+        array[:] = array[rows]  # in place: the recipe may own these buffers and reuse them
+
+
+def add_counts(drawn: dict, dropped: dict) -> None:
+    """A dropped batch's samples read and bad samples, counted with the batch handed out in its place."""
+    drawn["read"] += dropped["read"]
+    drawn["bad"] = dropped["bad"] + drawn["bad"]
 
 
 class SamplingStage:
     """The reader pipeline and the recipe's sampler: one batch of clip-pipeline inputs per `draw()`.
 
     Everything a batch needs apart from decoding, on the calling thread: the reader's outputs, the
-    json members parsed, the recipe's random choices from Generator((seed, rank, batch number)), and
-    the reader's checkpoint right after the batch.
+    json members parsed, each video checked against its checksum, the recipe's random choices from
+    Generator((seed, rank, reader batch number)), and the reader's checkpoint right after the batch.
+    max_fruitless: reader batches in a row with no good sample before draw() gives up (0: never).
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, recipe, *, rank: int, world_size: int, seed: int,
-                 shuffle: bool, initial_fill: int, checkpoint=None, first_batch: int = 0):
+                 shuffle: bool, initial_fill: int, checkpoint=None, first_batch: int = 0, max_fruitless: int = 0):
         self.root, self.recipe, self.seed, self.rank = shards.root, recipe, seed, rank
-        self.next_batch = first_batch
+        self.next_batch, self.max_fruitless = first_batch, max_fruitless
         self.pipe = reader_pipeline(shards, rank, world_size, shuffle=shuffle, initial_fill=initial_fill,
                                     reader_seed=seed, batch_size=batch_size, num_threads=1, device_id=None,
                                     seed=seed * 7919 + rank + 1, prefetch_queue_depth=2, exec_dynamic=True,
                                     checkpoint=checkpoint)
         self.pipe.build()
+        self.hashers = ThreadPoolExecutor(max_workers=min(CHECKSUM_THREADS, os.cpu_count() or 1),
+                                          thread_name_prefix="dali_pipes-checksum")
 
-    def draw(self) -> dict:
-        """{"encoded": TensorList, "arrays": {name: array}, "sources": [...], "checkpoint": str} of the next batch."""
+    def _read(self) -> tuple:
+        """(encoded videos, parsed json, source infos, reader checkpoint) of the reader's next batch."""
         try:
             encoded, meta = self.pipe.run()
             checkpoint = self.pipe.checkpoint()
@@ -103,10 +138,39 @@ class SamplingStage:
             metas = parse_metas([np.asarray(meta[i]).tobytes() for i in range(len(meta))], sources)
         except Exception as err:  # the reader or the json (its message names the source or file)
             raise RuntimeError(f"reading samples from {self.root} failed: {err}") from err
-        rng = np.random.default_rng([self.seed, self.rank, self.next_batch])
-        arrays = self.recipe.sample(metas, rng)
-        self.next_batch += 1
-        return {"encoded": encoded, "arrays": arrays, "sources": sources, "checkpoint": checkpoint}
+        return encoded, metas, sources, checkpoint
+
+    def draw(self) -> dict:
+        """The next batch with a good sample, as a dict:
+
+            encoded, arrays, sources   the reader's videos (TensorList, or arrays where a row was replaced),
+                                       recipe.sample's {name: array}, the reader's source infos
+            checkpoint                 the reader's state right after this batch
+            index                      the reader batch's number (its draws' seed)
+            read, bad                  samples read for it and bad_samples records of the bad ones, with those
+                                       of the batches before it that had no good sample (dropped)
+        """
+        read, bad = 0, []
+        for fruitless in itertools.count():
+            if self.max_fruitless and fruitless == self.max_fruitless:
+                raise no_good_sample_error(bad, fruitless)
+            encoded, metas, sources, checkpoint = self._read()
+            index, self.next_batch = self.next_batch, self.next_batch + 1
+            read += len(sources)
+            failures = checksum_failures(encoded, metas, self.hashers.map)
+            bad += [bad_record(sources[row], "checksum", why) for row, why in failures.items()]
+            if len(failures) < len(sources):
+                break
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        drawn = {"encoded": encoded, "arrays": self.recipe.sample(metas, rng), "sources": sources,
+                 "checkpoint": checkpoint, "index": index, "read": read, "bad": bad}
+        if failures:
+            replace_rows(drawn, failures)
+        return drawn
+
+    def close(self) -> None:
+        """Stop the checksum threads (the reader pipeline goes with the last reference to the stage)."""
+        self.hashers.shutdown(wait=True)
 
 
 class _Failed:
@@ -181,60 +245,119 @@ class _Engine:
 
     sampler thread     SamplingStage.draw() → up to prefetch + 1 drawn batches
     collector thread   clip_pipeline.run() (its external source takes drawn batches) → recipe.batch
-                       → one finished (batch, reader checkpoint) ready for the training thread
+                       → one finished (batch, its reader checkpoint and counts) ready for the training thread
+
+    When the clip pipeline raises on a batch, the collector finds the samples that fail alone, replaces
+    them (or drops the batch) and builds a fresh clip pipeline, fed again with the batches the old one
+    had taken; max_fruitless batches dropped in a row stop the loader.
     """
 
-    def __init__(self, stage: SamplingStage, recipe, pipeline_options: dict, backend: str, prefetch: int):
+    def __init__(self, stage: SamplingStage, recipe, pipeline_options: dict, backend: str, prefetch: int,
+                 max_fruitless: int = 0):
         self.recipe, self.stage, self.pending, self.closing = recipe, stage, deque(), threading.Event()
+        self.options, self.backend, self.prefetch = pipeline_options, backend, prefetch
+        self.refeed = deque()    # drawn batches to feed again, before new ones, after a rebuild
+        self.carry = None        # counts of a dropped batch, for the batch that takes its place
+        self.fruitless, self.max_fruitless = 0, max_fruitless
         self.drawn = _Ahead(stage.draw, depth=prefetch + 1, name="dali_pipes-sampler")
-        self.clips = clip_pipeline(recipe, backend, self._take, prefetch_queue_depth=prefetch, exec_dynamic=True,
-                                   **pipeline_options)
-        self.clips.build()
+        self.clips = self._clip_pipeline()
         self.collected = _Ahead(self._collect, depth=1, name="dali_pipes-collector")
+
+    def _clip_pipeline(self):
+        clips = clip_pipeline(self.recipe, self.backend, self._take, prefetch_queue_depth=self.prefetch,
+                              exec_dynamic=True, **self.options)
+        clips.build()
+        return clips
 
     def _take(self):
         """External-source callback of the clip pipeline (collector thread): the next drawn batch."""
-        drawn = self.drawn.get(until=self.closing)
+        drawn = self.refeed.popleft() if self.refeed else self.drawn.get(until=self.closing)
+        if self.carry is not None:
+            add_counts(drawn, self.carry)
+            self.carry = None
         self.pending.append(drawn)
         return (drawn["encoded"], *(drawn["arrays"][name] for name in self.recipe.input_names))
 
-    def _collect(self) -> tuple[dict, str]:
-        try:
-            outputs = self.clips.run()
-        except Exception as err:
-            if self.closing.is_set():
-                raise _Closing() from None
-            if self.drawn.failure is not None:  # reading failed: its message says where
-                raise self.drawn.failure from None
-            raise self._decode_error(err) from err
+    def _collect(self) -> tuple[dict, dict]:
+        while True:
+            try:
+                outputs = self.clips.run()
+                break
+            except Exception as err:
+                if self.closing.is_set():
+                    raise _Closing() from None
+                if self.drawn.failure is not None:  # reading failed: its message says where
+                    raise self.drawn.failure from None
+                self._drop_undecodable(err)
         drawn = self.pending.popleft()
+        self.fruitless = 0
         if hasattr(self.recipe, "release"):  # its arrays were consumed and the iteration is done
             self.recipe.release(drawn["arrays"])
         keys = [sample_key(s)[0] for s in drawn["sources"]]
         # DLPack shares DALI's buffers (no copy); with exec_dynamic DALI never reuses a returned buffer.
         batch = self.recipe.batch(tuple(torch.from_dlpack(out.as_tensor()) for out in outputs), keys)
-        return batch, drawn["checkpoint"]
+        return batch, {name: drawn[name] for name in ("checkpoint", "index", "read", "bad")}
 
-    def _decode_error(self, err: Exception) -> Exception:
-        """A decode failure, reported by the keys of the samples that fail PyAV's decoder too."""
-        if not self.pending:
-            return err
-        drawn = self.pending[0]
-        bad = []
-        for i, source in enumerate(drawn["sources"]):
-            key, shard = sample_key(source)
-            if not _decodable(np.asarray(drawn["encoded"][i]).tobytes()):
-                bad.append(f"{key} (in {shard})")
-        named = bad or [f"{sample_key(s)[0]} (in {sample_key(s)[1]})" for s in drawn["sources"]]
-        what = "corrupt samples" if bad else "decoding failed in a batch holding"
-        return RuntimeError(f"{what}: {', '.join(named)}; remove them from the source and repack "
-                            f"(vmae2-shard skips undecodable inputs). DALI said: {str(err).splitlines()[0]}")
+    def _drop_undecodable(self, err: Exception) -> None:
+        """The clip pipeline raised on the batch at the head of `pending`: record the samples that fail
+        alone, give their rows a good sample's data (or drop the batch when none is good), and feed a
+        fresh pipeline that batch first, then the batches the old one had taken."""
+        failed, in_flight = self.pending.popleft(), list(self.pending)
+        self.pending.clear()
+        self.clips = None  # after a decoder error the pipeline's state is not to be trusted (NVDEC's least)
+        reasons = {}
+        for row in range(len(failed["sources"])):
+            why = self._fails_alone(failed, row)
+            if why is not None:
+                reasons[row] = why
+        if not reasons:
+            named = ", ".join(f"{key} (in {shard})" for key, shard in map(sample_key, failed["sources"]))
+            raise RuntimeError(f"decoding failed in a batch holding {named}, yet each of them decodes alone; "
+                               f"DALI said: {dali_reason(err)}") from err
+        recorded = set()
+        for row, why in reasons.items():
+            key = sample_key(failed["sources"][row])[0]
+            if key not in recorded:  # a row that took a good row's data names that sample again
+                recorded.add(key)
+                failed["bad"].append(bad_record(failed["sources"][row], "decode", why))
+        if len(reasons) < len(failed["sources"]):
+            replace_rows(failed, reasons)
+            self.refeed = deque([failed, *in_flight, *self.refeed])
+        else:
+            self.fruitless += 1
+            if self.fruitless == self.max_fruitless:
+                raise no_good_sample_error(failed["bad"], self.fruitless)
+            if hasattr(self.recipe, "release"):
+                self.recipe.release(failed["arrays"])
+            if in_flight:
+                add_counts(in_flight[0], failed)
+            elif self.carry is not None:
+                add_counts(self.carry, failed)
+            else:
+                self.carry = {"read": failed["read"], "bad": failed["bad"]}
+            self.refeed = deque([*in_flight, *self.refeed])
+        self.clips = self._clip_pipeline()
+
+    def _fails_alone(self, drawn: dict, row: int) -> str | None:
+        """Why sample `row` of a drawn batch fails in a clip pipeline of its own, or None when it decodes."""
+        one = ([np.array(drawn["encoded"][row])], *(drawn["arrays"][name][row:row + 1] for name in
+                                                    self.recipe.input_names))
+        options = {**self.options, "batch_size": 1, "num_threads": 1}
+        try:
+            pipe = clip_pipeline(self.recipe, self.backend, lambda: one, prefetch_queue_depth=1, exec_dynamic=True,
+                                 **options)
+            pipe.build()
+            pipe.run()
+        except Exception as err:
+            return dali_reason(err)
+        return None
 
     def close(self) -> None:
         """Stop both threads, then drop both pipelines (DALI frees a pipeline with its last reference)."""
         self.closing.set()
         self.collected.close()  # a collector waiting for a drawn batch gives up (_Closing)
         self.drawn.close()
+        self.stage.close()
         self.clips = self.stage = self.drawn = self.collected = None
         self.pending.clear()
 
@@ -259,22 +382,24 @@ class ClipLoader:
         self.shuffle, self.initial_fill, self.prefetch = shuffle, initial_fill, prefetch
         self.batches_per_epoch = math.ceil(math.ceil(shards.num_samples / world_size) / batch_size)
         self._engine = None
-        self._build(checkpoint=None, batches_done=0)
+        self._tally = BadSampleTally()
+        self._build(checkpoint=None, batches_done=0, batches_drawn=0)
 
     def sampling_stage(self, checkpoint=None, first_batch: int = 0) -> SamplingStage:
         """A fresh sampling stage of this loader (the sampler thread's; also what bench.loader times alone)."""
         return SamplingStage(self.shards, self.batch_size, self.recipe, rank=self.rank, world_size=self.world_size,
                              seed=self.seed, shuffle=self.shuffle, initial_fill=self.initial_fill,
-                             checkpoint=checkpoint, first_batch=first_batch)
+                             checkpoint=checkpoint, first_batch=first_batch, max_fruitless=self.batches_per_epoch)
 
-    def _build(self, checkpoint, batches_done: int) -> None:
+    def _build(self, checkpoint, batches_done: int, batches_drawn: int) -> None:
         self.close()
         self._batches_done = batches_done      # batches handed out, over all epochs
+        self._batches_drawn = batches_drawn    # reader batches up to and with the last one handed out
         self._last_checkpoint = checkpoint     # reader state right after that batch
         options = dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
                        seed=self.seed, **getattr(self.recipe, "pipeline_kwargs", {}))  # e.g. enable_conditionals
-        self._engine = _Engine(self.sampling_stage(checkpoint, batches_done), self.recipe, options, self.backend,
-                               self.prefetch)
+        self._engine = _Engine(self.sampling_stage(checkpoint, batches_drawn), self.recipe, options, self.backend,
+                               self.prefetch, max_fruitless=self.batches_per_epoch)
 
     def close(self) -> None:
         """Stop the worker threads and release both pipelines."""
@@ -313,15 +438,27 @@ class ClipLoader:
 
     def _next_batch(self) -> dict:
         """The training thread's whole share of the work: take a finished batch."""
-        batch, checkpoint = self._engine.collected.get()
+        batch, done = self._engine.collected.get()
         self._batches_done += 1
-        self._last_checkpoint = checkpoint
+        self._batches_drawn = done["index"] + 1
+        self._last_checkpoint = done["checkpoint"]
+        self._tally.add(done["read"], done["bad"])
+        batch["bad_samples"] = done["bad"]
         return batch
+
+    def bad_samples(self) -> list[dict]:
+        """Each bad sample met so far in the batches handed out: {key, shard, reason, detail, count}."""
+        return self._tally.bad_samples()
+
+    def samples_read(self) -> int:
+        """Samples read for the batches handed out so far, bad ones and those of dropped batches included."""
+        return self._tally.samples_read
 
     # ---- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue right after the last batch handed out."""
         return {"checkpoint": self._last_checkpoint, "batches_done": self._batches_done,
+                "batches_drawn": self._batches_drawn, **self._tally.state_dict(),
                 "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
                 "batch_size": self.batch_size, "num_samples": self.shards.num_samples}
 
@@ -332,18 +469,7 @@ class ClipLoader:
             if state[name] != mine:
                 raise ValueError(f"loader state was saved with {name}={state[name]} but this loader has "
                                  f"{name}={mine}; build the loader with the arguments of the saved run")
-        self._build(checkpoint=state["checkpoint"], batches_done=state["batches_done"])
-
-
-def _decodable(encoded: bytes) -> bool:
-    import io
-
-    import av
-
-    try:
-        with av.open(io.BytesIO(encoded)) as container:
-            for _ in container.decode(video=0):
-                pass
-        return True
-    except Exception:
-        return False
+        # A state saved before batches could be dropped: every reader batch was handed out.
+        batches_drawn = state.get("batches_drawn", state["batches_done"])
+        self._build(checkpoint=state["checkpoint"], batches_done=state["batches_done"], batches_drawn=batches_drawn)
+        self._tally.load_state_dict(state)

@@ -12,6 +12,7 @@ stride, sharded by rank, resumable) and draws, batch by batch, which dataset the
   batches per epoch), so with weights proportional to the datasets' sizes an epoch shows each video
   once in expectation; the datasets' own epochs turn over independently;
 - `source_counts()` gives the videos drawn from each dataset so far (the trainer logs it);
+- `bad_samples()` and `samples_read()` add up the datasets' loaders' (dali_pipes.bad_samples);
 - labels of a labeled mixture are mapped into one label space given by a label map file (one class name
   per line: the K710 union), and a class that maps nowhere is an error naming it and its dataset.
 
@@ -28,6 +29,7 @@ from shard_tools.format import read_manifest
 from shard_tools.mixture import is_mixture_file, mixture_entries, read_mixture
 from shard_tools.sources import read_label_map
 
+from .bad_samples import merge_records
 from .contract import forever
 from .shards import DatasetError
 
@@ -108,6 +110,13 @@ class MixtureLoader:
     def source_counts(self) -> dict[str, int]:
         """Videos drawn from each dataset so far (by the dataset folder's name)."""
         return {Path(s["path"]).name: n for s, n in zip(self.sources, self._videos)}
+
+    def bad_samples(self) -> list[dict]:
+        """Bad samples met so far in every dataset's batches (each dataset's shard paths name it)."""
+        return merge_records(loader.bad_samples() for loader in self.loaders if hasattr(loader, "bad_samples"))
+
+    def samples_read(self) -> int:
+        return sum(loader.samples_read() for loader in self.loaders if hasattr(loader, "samples_read"))
 
     def state_dict(self) -> dict:
         return {"batches_done": self._batches_done, "videos": list(self._videos),

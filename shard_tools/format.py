@@ -6,6 +6,7 @@ manifest: the video extensions a sample may carry, the codecs the engine decodes
 """
 
 import json
+import zlib
 from pathlib import Path
 
 FORMAT_NAME = "vmae2-shards"
@@ -28,6 +29,11 @@ CONTAINER_EXTS = {
     "mp4": "mp4", "mov": "mov", "m4a": "mp4", "3gp": "mp4", "3g2": "mp4", "mj2": "mp4",
     "matroska": "mkv", "webm": "webm", "avi": "avi",
 }
+
+
+# The sample json's CRC-32 of its video member (8 hex digits). The tar's sha256 in the manifest
+# needs the whole shard read; this lets a loader check each video it reads, on its own.
+VIDEO_CHECKSUM_KEY = "video_crc32"
 
 
 class FormatError(Exception):
@@ -58,3 +64,29 @@ def stored_stride(train_stride, frame_stride):
             f"{frame_stride}; use a multiple of {frame_stride} or repack with --frame-stride 1"
         )
     return train_stride // frame_stride
+
+
+def video_checksum(data):
+    """CRC-32 of a video's bytes (bytes or any buffer, e.g. a numpy array) as 8 hex digits."""
+    return f"{zlib.crc32(data):08x}"
+
+
+def file_checksum(path, block=1 << 22):
+    """video_checksum of a whole file, read in blocks (a copied video may be large)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            crc = zlib.crc32(data, crc)
+    return f"{crc:08x}"
+
+
+def checksum_mismatch(data, meta):
+    """Why `data` is not the video packed with `meta`, or None when it is (or meta records no checksum:
+    shards packed before the checksum was recorded are not checked)."""
+    expected = meta.get(VIDEO_CHECKSUM_KEY)
+    if expected is None:
+        return None
+    actual = video_checksum(data)
+    if actual == expected:
+        return None
+    return f"its {len(data)} video bytes have CRC-32 {actual}, its json records {expected}"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from shard_tools.files import write_bytes_atomic, write_json_atomic
-from shard_tools.format import CONTAINER_EXTS, ENGINE_CODECS
+from shard_tools.format import CONTAINER_EXTS, ENGINE_CODECS, VIDEO_CHECKSUM_KEY, file_checksum, video_checksum
 from shard_tools.frames import frame_paths
 from shard_tools.probe import SkipInput, probe
 from shard_tools.transcode import transcode, transcode_frames
@@ -45,9 +45,9 @@ def cached_outcome(item_path, source_path):
     return outcome
 
 
-def _meta(entry, info, frame_stride, clip_start):
+def _meta(entry, info, frame_stride, clip_start, checksum):
     return {"label": entry["label"], "label_name": entry["label_name"], "source": entry["source"],
-            "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
+            VIDEO_CHECKSUM_KEY: checksum, "fps": info.fps, "num_frames": info.num_frames, "width": info.width,
             "height": info.height, "duration": info.duration, "codec": info.codec,
             "keyframe_interval": info.keyframe_interval, "frame_stride": frame_stride,
             "clip_start": clip_start}
@@ -103,7 +103,8 @@ def _samples(entry, info, options, data_dir):
     if codec == "copy":
         copy_check(info, entry["path"])
         return [{"key": entry["key"], "ext": info.ext, "data": os.path.abspath(entry["path"]),
-                 "size": os.path.getsize(entry["path"]), "meta": _meta(entry, info, 1, 0.0)}]
+                 "size": os.path.getsize(entry["path"]),
+                 "meta": _meta(entry, info, 1, 0.0, file_checksum(entry["path"]))}]
     clips = transcode(entry["path"], codec, options["short_side"], options["gop"],
                       options["frame_stride"], options["max_seconds"], options["quality"])
     return _stage_clips(entry, clips, options, data_dir)
@@ -129,7 +130,8 @@ def _stage_clips(entry, clips, options, data_dir, extra=None):
         data_path = data_dir / f"{key}.{clip.ext}"
         write_bytes_atomic(data_path, clip.data)
         clip_info = probe(str(data_path), decode=False)
-        meta = _meta(entry, clip_info, options["frame_stride"], clip.clip_start) | (extra or {})
+        meta = _meta(entry, clip_info, options["frame_stride"], clip.clip_start,
+                     video_checksum(clip.data)) | (extra or {})
         samples.append({"key": key, "ext": clip.ext, "data": str(data_path),
                         "size": len(clip.data), "meta": meta})
     return samples

@@ -3,8 +3,12 @@
 Per shard: the tar exists, has the manifest's size and sha256, reads as a tar whose members pair
 up as (video, json) per key; the .idx equals the index rebuilt from the tar (a stale or missing
 index is a problem); the sample count matches the manifest. Across shards: keys unique, totals
-and labels consistent. Then one clip per shard (every clip with full=True) is decoded with PyAV
-and its frame count and size compared with its json.
+and labels consistent. Every video's bytes against the CRC-32 its json records (`video_crc32`).
+Then one clip per shard (every clip with full=True) is decoded with PyAV and its frame count and
+size compared with its json.
+
+`check_digests(out)` is the quick part a trainer runs before reading (`vmae2-train ... --verify-data`):
+each tar's size and sha256 against the manifest, nothing else.
 """
 
 import io
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import av
 
-from shard_tools.format import FormatError, read_manifest
+from shard_tools.format import FormatError, checksum_mismatch, read_manifest
 from shard_tools.index import index_for_tar
 from shard_tools.samples import iter_samples
 from shard_tools.shard import file_sha256
@@ -59,6 +63,9 @@ def verify(out, full=False):
                 keys[key] += 1
                 report["samples"] += 1
                 problems.extend(_check_meta(tar_path, key, meta, manifest))
+                mismatch = checksum_mismatch(video, meta)
+                if mismatch:
+                    problems.append(f"{tar_path}: {key} was changed after packing ({mismatch}); repack OUT")
                 if full or n == 0:
                     problems.extend(_check_decode(tar_path, key, video, meta))
                     report["decoded"] += 1
@@ -73,15 +80,35 @@ def verify(out, full=False):
     return report
 
 
-def _check_tar(tar_path, idx_path, entry):
-    """(problems, the index rebuilt from the tar or None when the tar cannot be read)."""
+def check_digests(out, rank=0, world_size=1):
+    """Problems of the shards' sizes and sha256 against the manifest (empty when all match).
+
+    rank, world_size: check only shards rank, rank + world_size, ... (processes of one job share the work).
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
     problems = []
+    for entry in manifest["shards"][rank::world_size]:
+        tar_path = out / entry["tar"]
+        if not tar_path.is_file():
+            problems.append(f"{tar_path}: missing shard (listed in the manifest); repack OUT")
+        else:
+            problems.extend(_check_digest(tar_path, entry))
+    return problems
+
+
+def _check_digest(tar_path, entry):
     size = tar_path.stat().st_size
     if size != entry["bytes"]:
-        problems.append(f"{tar_path}: {size} bytes, manifest says {entry['bytes']} (truncated or "
-                        f"replaced); repack OUT")
-    elif entry.get("sha256") and file_sha256(tar_path) != entry["sha256"]:
-        problems.append(f"{tar_path}: sha256 differs from the manifest (corrupted); repack OUT")
+        return [f"{tar_path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced); repack OUT"]
+    if entry.get("sha256") and file_sha256(tar_path) != entry["sha256"]:
+        return [f"{tar_path}: sha256 differs from the manifest (corrupted); repack OUT"]
+    return []
+
+
+def _check_tar(tar_path, idx_path, entry):
+    """(problems, the index rebuilt from the tar or None when the tar cannot be read)."""
+    problems = _check_digest(tar_path, entry)
     try:
         expected_index = index_for_tar(tar_path)
     except (tarfile.TarError, OSError, ValueError) as err:

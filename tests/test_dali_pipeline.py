@@ -216,7 +216,8 @@ def test_missing_shard_and_index_mismatch_are_named(vp9_16, tmp_path):
         make_loader(broken / "manifest.json", 4)
 
 
-def test_corrupt_sample_is_reported_by_key(tmp_path):
+def test_corrupt_sample_is_replaced_and_named_by_key(tmp_path):
+    """The frames zeroed behind the header: the video's checksum names it; no batch holds it (test_bad_samples)."""
     out = tmp_path / "ds"
     metas = make_shards(out, [20, 20, 20, 20], shard_size=10 ** 9)
     tar = next(out.glob("*.tar"))
@@ -229,9 +230,9 @@ def test_corrupt_sample_is_reported_by_key(tmp_path):
     bad_key = name.split(".", 1)[0]
     assert bad_key in metas
     loader = make_loader(out, 4, num_sample=1, shuffle=False)
-    with pytest.raises(RuntimeError, match=bad_key):
-        for _ in loader:
-            pass
+    (batch,) = list(loader)
+    assert bad_key not in batch["keys"] and [r["key"] for r in batch["bad_samples"]] == [bad_key]
+    assert [(r["key"], r["reason"], r["count"]) for r in loader.bad_samples()] == [(bad_key, "checksum", 1)]
 
 
 def test_bad_metadata_is_reported_from_the_producer_by_source(tmp_path):

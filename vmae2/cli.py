@@ -48,6 +48,15 @@ SET_HELP = "config override, repeatable (e.g. --set base_lr=6e-4 --set model.img
 CONFIG_HELP = "JSON or YAML file of config keys (applied before --set); the resolved config is saved alike"
 RESUME_HELP = ("default: continue automatically when --out holds a checkpoint; --resume requires one, "
                "--no-resume refuses an existing run")
+VERIFY_HELP = ("first check every shard's sha256 against its manifest (reads all the data; torchrun's processes "
+               "share the shards)")
+
+
+def _verify_data(*data) -> None:
+    """--verify-data of eval and extract (pretrain and finetune check the data of their resolved config)."""
+    from dali_pipes.bad_samples import verify_datasets
+
+    verify_datasets(data, rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 
 
 @main.command()
@@ -60,13 +69,14 @@ RESUME_HELP = ("default: continue automatically when --out holds a checkpoint; -
 @click.option("--config", "config_file", default=None, help=CONFIG_HELP)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resume/--no-resume", default=None, help=RESUME_HELP)
-def pretrain(preset, data, out, steps, init, config_file, sets, resume):
+@click.option("--verify-data", is_flag=True, help=VERIFY_HELP)
+def pretrain(preset, data, out, steps, init, config_file, sets, resume, verify_data):
     """Pre-train VideoMAE V2 (torchrun for several processes)."""
     from .train import run_pretrain
 
     with user_errors():
         _print_summary(run_pretrain(preset, data, out, steps=steps, sets=sets, resume=resume, init=init,
-                                    config_file=config_file))
+                                    config_file=config_file, verify_data=verify_data))
 
 
 @main.command()
@@ -101,13 +111,15 @@ def visualize(ckpt, data, out, num_clips, num_frames, seed, device):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="config override, repeatable (e.g. --set head_rows=label_710to400.json)")
 @click.option("--resume/--no-resume", default=None, help=RESUME_HELP)
-def finetune(preset, dataset, data, val_data, out, init, steps, epochs, config_file, sets, resume):
+@click.option("--verify-data", is_flag=True, help=VERIFY_HELP)
+def finetune(preset, dataset, data, val_data, out, init, steps, epochs, config_file, sets, resume, verify_data):
     """Fine-tune (or post-pre-train) a classifier with the published recipe; evaluate on --val-data."""
     from .train import run_finetune
 
     with user_errors():
         _print_summary(run_finetune(preset, data, out, dataset=dataset, val_data=val_data, init=init, steps=steps,
-                                    epochs=epochs, sets=sets, resume=resume, config_file=config_file))
+                                    epochs=epochs, sets=sets, resume=resume, config_file=config_file,
+                                    verify_data=verify_data))
 
 
 @main.command("eval")
@@ -121,11 +133,14 @@ def finetune(preset, dataset, data, val_data, out, init, steps, epochs, config_f
                                                 "(JSON list) or one row index per line")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="config override (e.g. sampling=tsn)")
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu")
-def evaluate(weights, data, out, preset, views, head_rows, sets, device):
+@click.option("--verify-data", is_flag=True, help=VERIFY_HELP)
+def evaluate(weights, data, out, preset, views, head_rows, sets, device, verify_data):
     """Evaluate a classifier with the test protocol (softmax averaged over views; torchrun for several GPUs)."""
     from .evaluate import run_eval
 
     with user_errors():
+        if verify_data:
+            _verify_data(data)
         _print_summary(run_eval(weights, data, out, preset=preset, views=views, head_rows=head_rows, sets=sets,
                                 device=device))
 
@@ -151,11 +166,14 @@ def evaluate(weights, data, out, preset, views, head_rows, sets, device):
               help="mean: one fc_norm'd vector per window; none: the token grid (windows, N, D)")
 @click.option("--batch", type=int, default=16, show_default=True, help="windows per forward pass")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cuda or cpu")
-def extract(weights, data, out, preset, window, step, frame_stride, size, compat, pool, batch, device):
+@click.option("--verify-data", is_flag=True, help=VERIFY_HELP)
+def extract(weights, data, out, preset, window, step, frame_stride, size, compat, pool, batch, device, verify_data):
     """Features of every video, one row per sliding window (torchrun splits the videos)."""
     from .extract import extract as run
 
     with user_errors():
+        if verify_data:
+            _verify_data(data)
         _print_summary(run(weights, data, out, preset=preset, window=window, step=step, frame_stride=frame_stride,
                            size=size, compat=compat, pool=pool, batch=batch, device=device))
 

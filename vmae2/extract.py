@@ -10,7 +10,8 @@ are batched into one forward of VideoClassifier's encoder. Output, in DIR:
     <key>.npy              (num_windows, D) float32: mean-pooled tokens after fc_norm (--pool mean),
                            or (num_windows, N, D): the last block's tokens, before any norm (--pool none)
     index.jsonl            one line per video with rows: key, source, num_frames, fps, starts, rows, file
-    skipped.jsonl          one line per video with no rows: key, source, reason, detail
+    skipped.jsonl          one line per video with no rows: key, source, reason, detail; reasons too_short,
+                           checksum (its bytes differ from the CRC-32 its json records) and undecodable
     extract_config.json    the options that shaped the features; a rerun into DIR must use the same
     entries/<key>.json     per-video record, written after its .npy: what a rerun skips and rank 0 merges
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from shard_tools.files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from shard_tools.format import VIDEO_EXTS
+from shard_tools.format import VIDEO_EXTS, checksum_mismatch
 from shard_tools.index import parse_index, split_name
 
 from . import distributed
@@ -267,15 +268,22 @@ def extract(weights, data, out, *, preset: str | None = None, window: int | None
     for video in todo:
         num_frames = int(video.meta["num_frames"])
         starts = list(window_starts(num_frames, window_len, step, frame_stride))
+        encoded = video.read() if starts else b""
+        # FFmpeg decodes through most damage without an error: only the checksum tells changed bytes
+        changed = checksum_mismatch(encoded, video.meta) if starts else None
         if not starts:
             _write_skip(out, video, "too_short", f"{num_frames} frames; one window spans {span} "
                                                  f"({window_len} frames at stride {frame_stride})")
+            counts["skipped"] += 1
+        elif changed:
+            _write_skip(out, video, "checksum", f"{changed}: {video.tar} was changed after packing; "
+                                                f"`vmae2-shard verify {shards.root} --full` lists its bad videos")
             counts["skipped"] += 1
         else:
             pending = _Pending(video, starts)
             open_videos.append(pending)
             try:
-                for _, frames in stream.windows(video.read(), num_frames, window=window_len, step=step,
+                for _, frames in stream.windows(encoded, num_frames, window=window_len, step=step,
                                                 frame_stride=frame_stride):
                     batch_frames.append(frames)
                     batch_owners.append(pending)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
 
 import torch
 
+from dali_pipes.bad_samples import check_bad_fraction, describe, merge_records, verify_datasets
 from dali_pipes.contract import forever
 from shard_tools.files import write_json_atomic, write_text_atomic
 
@@ -27,8 +29,8 @@ from .overrides import config_text, parse_set_args, read_config_file
 from .tasks import task_for
 
 # Config keys that may change between a run and its resumption without changing its numbers.
-RESUMABLE_CHANGES = {"log_every", "save_every", "keep_last", "max_nonfinite_skips", "tensorboard",
-                     "progress", "log_keys", "loader_threads", "data", "val_data", "out_dir", "init"}
+RESUMABLE_CHANGES = {"log_every", "save_every", "keep_last", "max_nonfinite_skips", "max_bad_sample_fraction",
+                     "tensorboard", "progress", "log_keys", "loader_threads", "data", "val_data", "out_dir", "init"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -69,6 +71,44 @@ class NonFiniteGuard:
             print(f"{message} ({count} of max_nonfinite_skips={self.max_skips})")
         self.reported = count
         self.first_step.fill_(-1)
+
+
+class BadSampleLog:
+    """Videos the loader replaced as bad (dali_pipes.bad_samples), over all ranks, read when logging.
+
+    Each metrics row gets the count so far and the keys first met since the previous row; once more
+    than max_bad_sample_fraction of the videos read were bad, every rank stops at the same row.
+    """
+
+    def __init__(self, loader, max_fraction: float):
+        self.loader, self.max_fraction = loader, max_fraction
+        self.tracked = hasattr(loader, "bad_samples")   # a test's stand-in loader may not track them
+        self.records, self.samples_read = self._gather()
+        self.reported = {r["key"] for r in self.records}  # met before a resume: in the kept rows already
+
+    def _gather(self) -> tuple[list[dict], int]:
+        if not self.tracked:
+            return [], 0
+        parts = distributed.all_gather_objects((self.loader.bad_samples(), self.loader.samples_read()))
+        return merge_records(records for records, _ in parts), sum(read for _, read in parts)
+
+    @property
+    def count(self) -> int:
+        return sum(r["count"] for r in self.records)
+
+    def row_fields(self) -> dict:
+        if not self.tracked:
+            return {}
+        self.records, self.samples_read = self._gather()
+        fields = {"bad_samples": self.count}
+        new = [r["key"] for r in self.records if r["key"] not in self.reported]
+        if new:
+            fields["new_bad_keys"] = new
+            self.reported.update(new)
+        return fields
+
+    def check(self) -> None:
+        check_bad_fraction(self.records, self.samples_read, self.max_fraction)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -158,6 +198,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
             print(f"resumed from {latest} at step {step}")
     else:
         checkpoint.seed_rngs(cfg.seed + 1 + env.rank)
+    bad_log = BadSampleLog(loader, cfg.max_bad_sample_fraction)
     if env.is_main:
         save_config(cfg, run_dir / "config.json")
         truncate_metrics(run_dir / "metrics.jsonl", step)
@@ -236,7 +277,9 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
                    "elapsed_s": time.perf_counter() - run_start}
             if hasattr(loader, "source_counts"):      # a mixture: samples drawn per source so far
                 row["source_counts"] = loader.source_counts()
+            row.update(bad_log.row_fields())
             log(row)
+            bad_log.check()
             bar.set_postfix(loss=f"{summary_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}",
                             data_wait=f"{100 * row['data_wait_frac']:.0f}%")
             loss_sum.zero_()
@@ -271,11 +314,15 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
     summary = {"run_dir": str(run_dir), "steps": step, "steps_this_session": step - start_step,
                "final_loss": summary_loss, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
                "wall_s": time.perf_counter() - run_start, "world_size": env.world_size,
-               "skipped_steps": int(guard.count), "weights_sha256": distributed.weights_digest(model)}
+               "skipped_steps": int(guard.count), "weights_sha256": distributed.weights_digest(model),
+               "bad_samples": bad_log.count, "bad_sample_list": bad_log.records}
     if result is not None:
         summary["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     if env.is_main:
         write_json_atomic(run_dir / "summary.json", summary, indent=2, sort_keys=False)
+        if bad_log.count:
+            print(f"{bad_log.count} bad sample(s) of {bad_log.samples_read} read were replaced by other videos of "
+                  f"their batch: {describe(bad_log.records)} (details in {run_dir / 'summary.json'})")
     return summary
 
 
@@ -290,12 +337,17 @@ def resolve_config(kind: str, preset: str, *, dataset: str | None = None, config
     return pretrain_config(preset, overrides)
 
 
-def run(cfg: TrainConfig, resume: bool | None = None, loader=None, config_format: str = "json") -> dict:
+def run(cfg: TrainConfig, resume: bool | None = None, loader=None, config_format: str = "json",
+        verify_data: bool = False) -> dict:
     """What `vmae2-train pretrain/finetune` do once the config is resolved.
 
     resume: None continues automatically when the run folder holds a checkpoint; True requires one;
-    False refuses to touch a run folder that has one.
+    False refuses to touch a run folder that has one. verify_data: every shard of the data (and
+    validation data) against its manifest's sha256 first, shared among torchrun's processes.
     """
+    if verify_data:
+        verify_datasets([cfg.data, getattr(cfg, "val_data", "")], rank=int(os.environ.get("RANK", 0)),
+                        world_size=int(os.environ.get("WORLD_SIZE", 1)))
     out = cfg.out_dir
     latest = checkpoint.latest_checkpoint(out) if Path(out).is_dir() else None
     if resume is True and latest is None:
@@ -309,20 +361,22 @@ def run(cfg: TrainConfig, resume: bool | None = None, loader=None, config_format
 
 
 def run_pretrain(preset: str, data: str, out: str, steps: int | None = None, sets=(), resume: bool | None = None,
-                 loader=None, init: str | None = None, config_file: str | None = None) -> dict:
+                 loader=None, init: str | None = None, config_file: str | None = None,
+                 verify_data: bool = False) -> dict:
     """`vmae2-train pretrain`: preset + config file + options + overrides → config → train."""
     cfg = resolve_config("pretrain", preset, config_file=config_file, sets=sets, data=data, out_dir=out,
                          total_steps=steps, init=init)
-    return run(cfg, resume, loader, _format(config_file))
+    return run(cfg, resume, loader, _format(config_file), verify_data)
 
 
 def run_finetune(preset: str, data: str, out: str, *, dataset: str | None = None, val_data: str | None = None,
                  init: str | None = None, steps: int | None = None, epochs: float | None = None, sets=(),
-                 resume: bool | None = None, loader=None, config_file: str | None = None) -> FinetuneConfig:
+                 resume: bool | None = None, loader=None, config_file: str | None = None,
+                 verify_data: bool = False) -> FinetuneConfig:
     """`vmae2-train finetune`: the published recipe of preset × dataset + overrides → config → train."""
     cfg = resolve_config("finetune", preset, dataset=dataset, config_file=config_file, sets=sets, data=data,
                          out_dir=out, val_data=val_data, init=init, total_steps=steps, epochs=epochs)
-    return run(cfg, resume, loader, _format(config_file))
+    return run(cfg, resume, loader, _format(config_file), verify_data)
 
 
 def _format(config_file: str | None) -> str:
