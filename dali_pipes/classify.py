@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from nvidia.dali import fn
 
+from shard_tools.flipmap import FlipMapError, flip_permutation, read_flip_map
+from shard_tools.format import MANIFEST_NAME, read_manifest
 from shard_tools.index import parse_index
 
 from . import augment
@@ -67,6 +70,7 @@ class FinetuneConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)       # random-resized crop: area range, of the frame
     crop_ratio: tuple[float, float] = (0.75, 1.3333)    # random-resized crop: aspect (w / h) range
     flip_prob: float = 0.5                   # horizontal flip probability (0 for SSv2)
+    label_flip: tuple[int, ...] | None = None   # class of a mirrored clip of class c (None: a flip keeps labels)
     rand_augment: RandAugmentConfig | None = field(default_factory=RandAugmentConfig)  # None: off
     erase: EraseConfig | None = field(default_factory=EraseConfig)                      # None: off
 
@@ -77,6 +81,9 @@ class FinetuneConfig:
             raise ValueError(f"num_frames ≥ 2, stride, img_size and num_sample ≥ 1 needed; got {self}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"flip_prob must lie in [0, 1], got {self.flip_prob}")
+        if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 and 0 < self.crop_ratio[0] <= self.crop_ratio[1]):
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 and crop_ratio 0 < min <= max; got "
+                             f"{self.crop_scale}, {self.crop_ratio}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,32 @@ def _labels(metas) -> np.ndarray:
     return np.array(labels, dtype=np.int64)
 
 
+def flip_labels(cfg: FinetuneConfig, shards: ShardSet, flip_map=None, announce=None) -> FinetuneConfig:
+    """cfg with the label permutation a horizontal flip applies to this set (module doc of finetune_loader).
+
+    flip_map: a flip-map file or pairs (overrides the manifest's `flip_pairs`). A direction-sensitive set
+    without pairs comes back with flip_prob 0, and `announce` (e.g. print) gets a one-line notice.
+    """
+    if cfg.flip_prob == 0:
+        return cfg
+    manifest = read_manifest(shards.root)
+    where = f"flip map {flip_map}" if isinstance(flip_map, (str, Path)) else f"{shards.root / MANIFEST_NAME} flip_pairs"
+    try:
+        pairs = read_flip_map(flip_map) if isinstance(flip_map, (str, Path)) else flip_map
+        if pairs is not None or manifest.get("flip_pairs"):    # a given map, even an empty one, wins
+            pairs = manifest["flip_pairs"] if pairs is None else pairs
+            perm = flip_permutation(pairs, manifest.get("labels") or [], where=where)
+            return replace(cfg, label_flip=tuple(perm))
+    except FlipMapError as err:
+        raise DatasetError(f"{err}; fix the pairs (one pair of class names per line)") from None
+    if manifest.get("direction_sensitive"):
+        if announce is not None:
+            announce(f"{shards.root}: direction-sensitive labels and no flip map (pack --flip-map, or --set "
+                     f"label_flip_map=FILE): horizontal flip is off")
+        return replace(cfg, flip_prob=0.0)
+    return cfg
+
+
 def _sizes(metas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.array([m[k] for m in metas], dtype=np.int64) for k in ("num_frames", "width", "height"))
 
@@ -166,7 +199,10 @@ class FinetuneRecipe:
         # A mirrored box (x end left of x start) makes fn.resize flip the crop.
         roi_start = np.stack([y0, np.where(flip, x0 + w, x0)], axis=1)
         roi_end = np.stack([y0 + h, np.where(flip, x0, x0 + w)], axis=1)
-        arrays = {"frames": frames.astype(np.int32), "label": _labels(metas),
+        label = np.repeat(_labels(metas), views)
+        if cfg.label_flip is not None:       # a mirrored "left" clip is a "right" one
+            label = np.where(flip, np.asarray(cfg.label_flip, dtype=np.int64)[label], label)
+        arrays = {"frames": frames.astype(np.int32), "label": label.reshape(batch, views),
                   "roi_start": roi_start.reshape(batch, views, 2), "roi_end": roi_end.reshape(batch, views, 2)}
         size = cfg.img_size
         if cfg.rand_augment is not None:
@@ -199,7 +235,7 @@ class FinetuneRecipe:
         video, label = outputs
         views = self.cfg.num_sample
         return {"video": video.reshape(-1, *video.shape[2:]),          # (B·N, T, S, S, 3)
-                "label": label.reshape(-1).repeat_interleave(views),   # (B·N,)
+                "label": label.reshape(-1),                             # (B·N,): each view's own label
                 "keys": [k for k in keys for _ in range(views)]}
 
 
@@ -271,6 +307,14 @@ class TestLoader:
             batch["valid"] = torch.tensor(valid, device=batch["video"].device)
             yield batch
 
+    def bad_samples(self) -> list[dict]:
+        """Videos left out of the pass so far (dali_pipes.bad_samples): their rows repeat another video, so
+        `valid` marks them False, or their batch was dropped."""
+        return self.loader.bad_samples()
+
+    def samples_read(self) -> int:
+        return self.loader.samples_read()
+
     def close(self) -> None:
         self.loader.close()
 
@@ -283,9 +327,13 @@ class TestLoader:
 
 def finetune_loader(data, batch_size: int, cfg: FinetuneConfig | None = None, *, device=None, rank: int = 0,
                     world_size: int = 1, seed: int = 0, num_threads: int | None = None, shuffle: bool = True,
-                    initial_fill: int = 256, prefetch: int = 2, label_map=None) -> ClipLoader:
+                    initial_fill: int = 256, prefetch: int = 2, label_map=None, flip_map=None) -> ClipLoader:
     """Fine-tuning batches (module doc) from a labeled vmae2-shard folder; state_dict() / load_state_dict()
     resume mid-epoch. batch_size counts videos decoded per step (B·num_sample clips).
+
+    A mirrored clip gets the class its mirror image belongs to: `flip_map` (a flip-map file or [[a, b], ...],
+    shard_tools.flipmap) or else the manifest's `flip_pairs`; a set marked direction-sensitive with no
+    pairs is not flipped (a one-line notice says so).
 
     data may also be a mixture (a mixture file or a list of {path, weight, stride}; dali_pipes.mixture),
     e.g. K710 from K400, K600 and K700 with `label_map` the K710 label map.
@@ -295,10 +343,11 @@ def finetune_loader(data, batch_size: int, cfg: FinetuneConfig | None = None, *,
         def one(path, stride, source_seed):
             return finetune_loader(path, batch_size, replace(cfg, stride=stride or cfg.stride), device=device,
                                    rank=rank, world_size=world_size, seed=source_seed, num_threads=num_threads,
-                                   shuffle=shuffle, initial_fill=initial_fill, prefetch=prefetch)
+                                   shuffle=shuffle, initial_fill=initial_fill, prefetch=prefetch, flip_map=flip_map)
         return mixture_loader(data, one, seed=seed, rank=rank, label_map=label_map)
     shards = open_shards(data)
     check_labels(shards, "fine-tuning")
+    cfg = flip_labels(cfg, shards, flip_map, announce=print if rank == 0 else None)
     recipe = FinetuneRecipe(cfg, shards.stored_stride(cfg.stride) if cfg.sampling == "dense" else 1)
     return ClipLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size, seed=seed,
                         num_threads=num_threads, shuffle=shuffle, initial_fill=initial_fill, prefetch=prefetch)

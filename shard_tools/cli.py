@@ -11,7 +11,7 @@ from shard_tools.info import format_info, format_mixture_info, info, mixture_inf
 from shard_tools.mixture import MixtureError, is_mixture_file
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, format_summary, pack
 from shard_tools.sources import LIST_FORMATS, SourceError
-from shard_tools.synth import make_synthetic
+from shard_tools.synth import KINDS, SYNTH_SIZES, make_synthetic
 from shard_tools.transcode import ENCODERS, TranscodeError
 from shard_tools.verify import verify
 
@@ -85,6 +85,13 @@ def _shard_options(fn):
               help="Store every K-th source frame (transcode only); recorded in the manifest.")
 @click.option("--max-seconds", type=float, default=None,
               help="Cut videos into clips of at most this many seconds (transcode only).")
+@click.option("--flip-map", default=None, metavar="FILE",
+              help="Classes a horizontal flip turns into each other, one pair of class names per line "
+                   "(`push_left push_right`): the fine-tuning loader swaps them when it mirrors a clip. "
+                   "Recorded in the manifest; implies --direction-sensitive.")
+@click.option("--direction-sensitive", is_flag=True,
+              help="The labels depend on left and right (SSv2's 'pushing left to right'): without a "
+                   "--flip-map, loaders do not flip this set.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any input is skipped.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
               metavar="[ADDRESS]",
@@ -95,7 +102,8 @@ def _shard_options(fn):
 @_shard_options
 def pack_command(src, out, root, labels, path_column, label_column, list_format, fps,
                  frame_template, first_frame, codec, short_side, gop, quality, frame_stride,
-                 max_seconds, strict, ray_address, shard_size, prefix, workers, seed, no_progress):
+                 max_seconds, flip_map, direction_sensitive, strict, ray_address, shard_size, prefix, workers,
+                 seed, no_progress):
     """Pack SRC (a folder of videos, a list file of videos or frame folders, or a CSV) into
     shards in OUT.
 
@@ -108,7 +116,7 @@ def pack_command(src, out, root, labels, path_column, label_column, list_format,
                        path_column=path_column, label_column=label_column,
                        list_format=list_format, fps=fps, frame_template=frame_template,
                        first_frame=first_frame, workers=workers, ray=ray_address, strict=strict,
-                       progress=not no_progress)
+                       progress=not no_progress, flip_map=flip_map, direction_sensitive=direction_sensitive)
     except (PackError, SourceError, TranscodeError) as err:
         _fail(err)
     click.echo(format_summary(summary))
@@ -149,22 +157,31 @@ def info_command(out, as_json):
 @main.command("synth")
 @click.argument("out")
 @click.option("--num-videos", type=int, required=True, help="Number of clips to generate.")
+@click.option("--kind", type=click.Choice(KINDS), default="scenes", show_default=True,
+              help="scenes: filmed scenes of textured shapes whose motion (8 classes) is the label, with a "
+                   "panning camera and distractors (hard by design); glyphs: one large digit moving left, "
+                   "right, up or down over a plain background, labelled by what it is (--label glyph, 10 "
+                   "classes) or where it goes (--label motion, 4): a set a model plainly can learn.")
+@click.option("--label", type=click.Choice(["glyph", "motion"]),
+              default=None, help="Which label goes into the manifest [default: motion for scenes, glyph for "
+                                 "glyphs]. Directional labels record their flip pairs.")
 @click.option("--codec", type=click.Choice(list(ENCODERS)), default="vp9", show_default=True,
               help="Codec of the generated clips (vp9 decodes on DALI's CPU backend).")
-@click.option("--num-frames", type=int, default=64, show_default=True, help="Frames per clip.")
-@click.option("--width", type=int, default=160, show_default=True, help="Frame width.")
-@click.option("--height", type=int, default=128, show_default=True, help="Frame height.")
+@click.option("--num-frames", type=int, default=None, help="Frames per clip [default: 64 scenes, 48 glyphs].")
+@click.option("--width", type=int, default=None, help="Frame width [default: 160 scenes, 128 glyphs].")
+@click.option("--height", type=int, default=None, help="Frame height [default: 128].")
 @click.option("--fps", type=int, default=25, show_default=True, help="Frames per second.")
 @click.option("--gop", type=int, default=16, show_default=True, help="Key-frame interval.")
 @_shard_options
-def synth_command(out, num_videos, codec, num_frames, width, height, fps, gop, shard_size, prefix,
+def synth_command(out, num_videos, kind, label, codec, num_frames, width, height, fps, gop, shard_size, prefix,
                   workers, seed, no_progress):
-    """Generate the synthetic motion dataset (8 motion classes) and pack it into OUT."""
+    """Generate a synthetic dataset (--kind scenes or glyphs) and pack it into OUT."""
+    size = SYNTH_SIZES[kind]
     try:
-        summary = make_synthetic(out, num_videos, codec=codec, seed=seed, num_frames=num_frames,
-                                 width=width, height=height, fps=fps, gop=gop,
+        summary = make_synthetic(out, num_videos, codec=codec, seed=seed, num_frames=num_frames or size[0],
+                                 width=width or size[1], height=height or size[2], fps=fps, gop=gop,
                                  shard_size=shard_size, prefix=prefix, workers=workers,
-                                 progress=not no_progress)
+                                 progress=not no_progress, kind=kind, label=label)
     except (PackError, TranscodeError) as err:
         _fail(err)
     click.echo(format_summary(summary))

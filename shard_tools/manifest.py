@@ -20,6 +20,8 @@ def build_manifest(args, shards, samples, labels):
         "frame_stride": args["frame_stride"],
         "max_seconds": args["max_seconds"],
         "video_exts": sorted({s["ext"] for s in samples}),
+        "flip_pairs": args.get("flip_map") or [],
+        "direction_sensitive": bool(args.get("direction_sensitive")),
     }
 
 

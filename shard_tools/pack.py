@@ -44,6 +44,7 @@ from pathlib import Path
 
 from shard_tools import shard, stage
 from shard_tools.files import write_json_atomic
+from shard_tools.flipmap import FlipMapError, flip_permutation, read_flip_map
 from shard_tools.format import MANIFEST_NAME, SKIPPED_NAME, STAGING_DIR, TOOL_VERSION
 from shard_tools.frames import DEFAULT_FIRST_FRAME, DEFAULT_FRAME_TEMPLATE, DEFAULT_FRAMES_FPS, check_template
 from shard_tools.manifest import build_manifest, write_manifest, write_skipped
@@ -71,7 +72,7 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
          labels=None, path_column="path", label_column="label", list_format="auto",
          fps=DEFAULT_FRAMES_FPS, frame_template=DEFAULT_FRAME_TEMPLATE,
          first_frame=DEFAULT_FIRST_FRAME, workers=1, ray=None, strict=False, progress=True,
-         provenance=None):
+         provenance=None, flip_map=None, direction_sensitive=False):
     """Pack SRC into OUT and return a summary dict (see `_summary`).
 
     labels: None (built from the inputs), a list of class names, or a label-map file path.
@@ -80,6 +81,9 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
     "local" to start one with `workers` CPUs) to run the per-video stage as Ray tasks.
     provenance: extra facts recorded with the arguments (e.g. synth's parameters); a rerun
     must give the same. workers, ray, strict and progress do not change the output.
+    flip_map: the class pairs a horizontal flip swaps (shard_tools.flipmap: a file, or [[a, b], ...]);
+    direction_sensitive: the labels depend on left and right (implied by a flip map), so a loader
+    without a map must not flip. Both go into the manifest (FORMAT.md).
     """
     start = time.perf_counter()
     args = _check_args(src=str(src), root=root, labels=labels, path_column=path_column,
@@ -87,7 +91,7 @@ def pack(src, out, *, codec="copy", short_side=None, gop=16, quality=None, frame
                        short_side=short_side, gop=gop, quality=quality, frame_stride=frame_stride,
                        max_seconds=max_seconds, fps=fps, frame_template=frame_template,
                        first_frame=first_frame, seed=seed, shard_size=shard_size, prefix=prefix,
-                       provenance=provenance)
+                       provenance=provenance, flip_map=flip_map, direction_sensitive=direction_sensitive)
     if ray is not None and importlib.util.find_spec("ray") is None:
         raise PackError(f"--ray {ray}: {RAY_MISSING}")
     out = Path(out)
@@ -193,6 +197,18 @@ def _check_args(**args):
     else:
         args["labels_resolved"] = list(labels) if labels is not None else None
         args["labels"] = args["labels_resolved"]
+    if args["flip_map"] is not None:
+        flip_map = args["flip_map"]
+        try:
+            pairs = read_flip_map(flip_map) if isinstance(flip_map, (str, os.PathLike)) else \
+                [[str(a), str(b)] for a, b in flip_map]
+            if args["labels_resolved"] is not None:
+                flip_permutation(pairs, args["labels_resolved"], where=f"--flip-map {flip_map}")
+        except FlipMapError as err:
+            raise PackError(str(err)) from err
+        args["flip_map"] = pairs
+        args["direction_sensitive"] = True
+    args["direction_sensitive"] = bool(args["direction_sensitive"])
     args["tool_version"] = TOOL_VERSION
     return args
 
@@ -241,6 +257,11 @@ def _entries(args):
                         f"{args['labels']} ({len(labels)} classes): {shown}; add them to the map "
                         f"(integers must be below {len(labels)}), fix the list, or drop --labels "
                         f"to build the map from the data")
+    if args["flip_map"]:
+        try:
+            flip_permutation(args["flip_map"], labels, where=f"--flip-map ({args['src']})")
+        except FlipMapError as err:
+            raise PackError(str(err)) from err
     skips, first_by_path, first_by_key, kept = [], {}, {}, []
     frame_folders = []
     for entry in entries:

@@ -30,6 +30,7 @@ import numpy as np
 
 from shard_tools.files import write_bytes_atomic
 from shard_tools.format import MANIFEST_NAME, STAGING_DIR
+from shard_tools.glyphs import FLIP_PAIRS, GLYPHS, MOTIONS, glyph_labels, render_glyph_scene
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, pack
 from shard_tools.pool import run_pool, worker_pool
 from shard_tools.transcode import ENCODERS, StreamWriter, check_encoder
@@ -224,11 +225,14 @@ def _sample_separable(canvas, row_y, col_x):
     return image.transpose(0, 2, 1, 3)
 
 
-def write_clip(path, seed, index, codec, num_frames, width, height, fps, gop):
-    """Render and encode one clip to `path` (written atomically); skip when it exists."""
+def write_clip(path, seed, index, codec, num_frames, width, height, fps, gop, kind="scenes"):
+    """Render and encode one clip of `kind` (scenes, glyphs) to `path` (written atomically); skip when it exists."""
     if os.path.isfile(path):
         return os.path.getsize(path)
-    _, frames = render_clip(seed, index, num_frames, width, height)
+    if kind == "glyphs":
+        frames = render_glyph_scene(seed, index, num_frames, width, height)["frames"]
+    else:
+        frames = render_clip(seed, index, num_frames, width, height)[1]
     writer = StreamWriter(codec, fps, width, height, gop, quality=QUALITY.get(codec))
     for frame in frames:
         writer.write(frame)
@@ -237,17 +241,48 @@ def write_clip(path, seed, index, codec, num_frames, width, height, fps, gop):
     return len(data)
 
 
+KINDS = ("scenes", "glyphs")
+SYNTH_SIZES = {"scenes": (64, 160, 128), "glyphs": (48, 128, 128)}   # default (frames, width, height)
+# the label kinds of each synthetic set, and the flip pairs of its directional one
+LABEL_SETS = {"scenes": {"motion": CLASSES, "shape": SHAPES}, "glyphs": {"glyph": GLYPHS, "motion": MOTIONS}}
+FLIPS = {("scenes", "motion"): (("translate_left", "translate_right"), ("rotate_cw", "rotate_ccw")),
+         ("glyphs", "motion"): FLIP_PAIRS}
+
+
+def synth_labels(kind, seed, index):
+    """All labels of synthetic clip `index` of `seed`: {"motion", "shape"} (scenes) or {"glyph", "motion"}."""
+    return glyph_labels(seed, index) if kind == "glyphs" else clip_labels(seed, index)
+
+
+def synth_index(source):
+    """The clip number of a synthetic sample from its json's `source` (".../synth-000012.webm" -> 12)."""
+    stem = Path(source).name.split(".", 1)[0]
+    return int(stem.rsplit("-", 1)[1])
+
+
 def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=160, height=128,
                    fps=25, gop=16, shard_size=DEFAULT_SHARD_SIZE, prefix="train", workers=1,
-                   progress=True):
-    """Generate `num_videos` clips and pack them into OUT; returns pack's summary dict.
+                   progress=True, kind="scenes", label=None):
+    """Generate `num_videos` clips of `kind` and pack them into OUT; returns pack's summary dict.
 
-    The manifest's labels are CLASSES in order; clip i has label i % 8 before the shuffle, and its
-    file is synth-{i:06d} (`clip_labels(seed, i)` gives its shape kind too).
+    scenes (the default, this module): the manifest's labels are CLASSES (motion) in order; clip i has label
+    i % 8 before the shuffle. glyphs (shard_tools.glyphs): `label` "glyph" (GLYPHS, the default) or "motion"
+    (MOTIONS). Clip i's file is synth-{i:06d} (`synth_index`), `synth_labels(kind, seed, i)` gives all its
+    labels. A directional label set records its flip pairs in the manifest.
     """
+    if kind not in KINDS:
+        raise PackError(f"synthetic kind {kind!r}: choose one of {', '.join(KINDS)}")
+    label = label or next(iter(LABEL_SETS[kind]))
+    if kind == "scenes" and label != "motion":
+        raise PackError(f"the scenes set is labelled by motion only (its shape kind is in synth_labels), not {label!r}")
+    if label not in LABEL_SETS[kind]:
+        raise PackError(f"label {label!r}: the {kind} set has labels {', '.join(LABEL_SETS[kind])}")
+    classes = LABEL_SETS[kind][label]
     check_encoder(codec)
     provenance = {"synth": {"version": 2, "num_videos": num_videos, "codec": codec, "num_frames": num_frames,
                             "width": width, "height": height, "fps": fps, "gop": gop}}
+    if kind != "scenes":
+        provenance["synth"].update(kind=kind, label=label)
     manifest_path = Path(out) / MANIFEST_NAME
     if manifest_path.is_file():  # fail before generating anything when OUT is another set
         recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["args"].get("provenance")
@@ -256,13 +291,14 @@ def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=16
                             f"choose a new OUT")
     src = Path(out) / STAGING_DIR / "synth-src"
     if not manifest_path.is_file():
-        for name in CLASSES:
+        for name in classes:
             (src / name).mkdir(parents=True, exist_ok=True)
         ext = ENCODERS[codec].ext
-        tasks = [(str(src / CLASSES[i % len(CLASSES)] / f"synth-{i:06d}.{ext}"), seed, i, codec,
-                  num_frames, width, height, fps, gop) for i in range(num_videos)]
+        tasks = [(str(src / classes[synth_labels(kind, seed, i)[label]] / f"synth-{i:06d}.{ext}"), seed, i, codec,
+                  num_frames, width, height, fps, gop, kind) for i in range(num_videos)]
         with worker_pool(workers) as pool:
             run_pool(write_clip, tasks, pool, progress, "synthesise", unit="video",
                      bytes_of=lambda size: size)
     return pack(src, out, codec="copy", seed=seed, shard_size=shard_size, prefix=prefix,
-                labels=list(CLASSES), workers=workers, progress=progress, provenance=provenance)
+                labels=list(classes), workers=workers, progress=progress, provenance=provenance,
+                flip_map=FLIPS.get((kind, label)), direction_sensitive=(kind, label) in FLIPS)
