@@ -69,7 +69,8 @@ def run_e2e(data: str, preset: str, steps: int, overrides: dict, keep_dir: str |
     try:
         log_every = max(1, steps // 8)
         settings = {"data": data, "out_dir": run_dir, "total_steps": steps, "warmup_fraction": 0.0,
-                    "log_every": log_every, "save_every": 10 * steps, "progress": False, "tensorboard": False}
+                    "log_every": log_every, "save_every": 10 * steps, "tensorboard": False,
+                    "progress": True}   # the bar in the log shows how far a run that was stopped at its budget got
         cfg = pretrain_config(preset, {**settings, **overrides})
         with UtilisationSampler() as sampler:
             summary = train(cfg)

@@ -45,18 +45,24 @@ def make_dataset(root: Path, codec: str, videos: int, short_side: int, frames: i
 
 def time_loader(make, batches: int, warmup: int, repeats: int, clips_per_batch: int) -> dict:
     """Median seconds per batch over `repeats` runs of `batches` after `warmup`, on one loader."""
+    start = time.perf_counter()
     loader = make()
     stream = forever(loader)
     for _ in range(warmup):
         _sync(next(stream))
+    # progress in the log, so that a run stopped at its time budget shows how far it got
+    print(f"  built and warmed up ({warmup} batches) in {time.perf_counter() - start:.1f} s", flush=True)
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(batches):
             _sync(next(stream))
         runs.append((time.perf_counter() - start) / batches)
+        print(f"  {batches} batches at {runs[-1]:.3f} s per batch", flush=True)
+    start = time.perf_counter()
     if hasattr(loader, "close"):
         loader.close()
+    print(f"  closed in {time.perf_counter() - start:.1f} s", flush=True)
     per_batch = statistics.median(runs)
     return {"seconds_per_batch": per_batch, "runs_seconds_per_batch": runs,
             "clips_per_s": clips_per_batch / per_batch}

@@ -85,8 +85,11 @@ def one_rank_group(device: torch.device) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        # NCCL wants the device with its index ("cuda" alone is refused)
+        cuda = {"device_id": torch.device("cuda", device.index if device.index is not None
+                                          else torch.cuda.current_device())} if device.type == "cuda" else {}
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
-                                world_size=1, **({"device_id": device} if device.type == "cuda" else {}))
+                                world_size=1, **cuda)
 
 
 def measure(preset: str, ratio: float, clips: int, compile_model: bool, checkpointing: bool,
