@@ -158,7 +158,8 @@ def measure_distill(teacher_preset: str, student_preset: str, clips: int, compil
         student = vmae2.VideoClassifier(vmae2.model_config(student_preset, **overrides,
                                                            grad_checkpointing=checkpointing),
                                         num_classes, drop_path=0.1)
-    teacher = freeze_teacher(teacher, device)
+    autocast = distributed.autocast("auto", device)      # bf16 on a GPU, fp32 on the CPU, as the trainer
+    teacher = freeze_teacher(teacher, device, bf16=autocast.bf16)
     if fsdp:
         one_rank_group(device)
         teacher = fully_shard_blocks(teacher, bf16=device.type == "cuda")
@@ -166,7 +167,6 @@ def measure_distill(teacher_preset: str, student_preset: str, clips: int, compil
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.999), fused=device.type == "cuda")
     step_student = torch.compile(student) if compile_model else student
     video = synthetic_batch(student.cfg, clips, device)[0]
-    autocast = distributed.autocast("auto", device)
 
     def teacher_forward():
         with torch.no_grad(), autocast:

@@ -71,6 +71,7 @@ class FinetuneConfig:
     crop_ratio: tuple[float, float] = (0.75, 1.3333)    # random-resized crop: aspect (w / h) range
     flip_prob: float = 0.5                   # horizontal flip probability (0 for SSv2)
     label_flip: tuple[int, ...] | None = None   # class of a mirrored clip of class c (None: a flip keeps labels)
+    labels_optional: bool = False            # a video without a label gets -1 (distillation, which needs none)
     rand_augment: RandAugmentConfig | None = field(default_factory=RandAugmentConfig)  # None: off
     erase: EraseConfig | None = field(default_factory=EraseConfig)                      # None: off
 
@@ -136,8 +137,10 @@ def check_labels(shards: ShardSet, what: str) -> None:
                            f"(vmae2-shard pack), or leave these videos out")
 
 
-def _labels(metas) -> np.ndarray:
+def _labels(metas, optional: bool = False) -> np.ndarray:
     labels = [m.get("label") for m in metas]
+    if optional:
+        return np.array([label if isinstance(label, int) else -1 for label in labels], dtype=np.int64)
     if any(not isinstance(label, int) for label in labels):
         bad = [m.get("source") for m, label in zip(metas, labels) if not isinstance(label, int)]
         raise ValueError(f"samples without a label: {bad}; repack with labels")
@@ -199,9 +202,9 @@ class FinetuneRecipe:
         # A mirrored box (x end left of x start) makes fn.resize flip the crop.
         roi_start = np.stack([y0, np.where(flip, x0 + w, x0)], axis=1)
         roi_end = np.stack([y0 + h, np.where(flip, x0, x0 + w)], axis=1)
-        label = np.repeat(_labels(metas), views)
-        if cfg.label_flip is not None:       # a mirrored "left" clip is a "right" one
-            label = np.where(flip, np.asarray(cfg.label_flip, dtype=np.int64)[label], label)
+        label = np.repeat(_labels(metas, cfg.labels_optional), views)
+        if cfg.label_flip is not None:       # a mirrored "left" clip is a "right" one; -1 (no label) stays
+            label = np.where(flip & (label >= 0), np.asarray(cfg.label_flip, dtype=np.int64)[label], label)
         arrays = {"frames": frames.astype(np.int32), "label": label.reshape(batch, views),
                   "roi_start": roi_start.reshape(batch, views, 2), "roi_end": roi_end.reshape(batch, views, 2)}
         size = cfg.img_size
@@ -329,7 +332,8 @@ def finetune_loader(data, batch_size: int, cfg: FinetuneConfig | None = None, *,
                     world_size: int = 1, seed: int = 0, num_threads: int | None = None, shuffle: bool = True,
                     initial_fill: int = 256, prefetch: int = 2, label_map=None, flip_map=None) -> ClipLoader:
     """Fine-tuning batches (module doc) from a labeled vmae2-shard folder; state_dict() / load_state_dict()
-    resume mid-epoch. batch_size counts videos decoded per step (B·num_sample clips).
+    resume mid-epoch. batch_size counts videos decoded per step (B·num_sample clips). With
+    cfg.labels_optional an unlabeled folder loads too, its labels -1 (distillation uses none).
 
     A mirrored clip gets the class its mirror image belongs to: `flip_map` (a flip-map file or [[a, b], ...],
     shard_tools.flipmap) or else the manifest's `flip_pairs`; a set marked direction-sensitive with no
@@ -346,7 +350,8 @@ def finetune_loader(data, batch_size: int, cfg: FinetuneConfig | None = None, *,
                                    shuffle=shuffle, initial_fill=initial_fill, prefetch=prefetch, flip_map=flip_map)
         return mixture_loader(data, one, seed=seed, rank=rank, label_map=label_map)
     shards = open_shards(data)
-    check_labels(shards, "fine-tuning")
+    if not cfg.labels_optional:
+        check_labels(shards, "fine-tuning")
     cfg = flip_labels(cfg, shards, flip_map, announce=print if rank == 0 else None)
     recipe = FinetuneRecipe(cfg, shards.stored_stride(cfg.stride) if cfg.sampling == "dense" else 1)
     return ClipLoader(shards, batch_size, recipe, device=device, rank=rank, world_size=world_size, seed=seed,

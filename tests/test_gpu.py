@@ -1,4 +1,5 @@
-"""GPU acceptance tests: NVDEC decode, the mixed-device loader, bf16 + compile, NCCL, the non-finite guard.
+"""GPU acceptance tests: NVDEC decode, the mixed-device loader, bf16 + compile, NCCL, the non-finite guard,
+distillation's bf16 teacher.
 
 Every test is marked `gpu` and skips with "needs a CUDA GPU" where torch sees none. They read the
 shard sets of bench.gpu (`python -m bench.gpu make-shards DIR`, then VMAE2_GPU_SHARDS=DIR), since a
@@ -329,3 +330,25 @@ def test_nonfinite_guard_skips_on_the_device_and_stops_past_the_limit(tmp_path):
     cfg = small_config(tmp_path / "stop", device="cuda")
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 5: .*last checkpoint: .*ckpt-00000004"):
         train(cfg, loader=fake_loader(cfg, nan_at_batch=5, device="cuda"))
+
+
+def test_distillation_on_the_gpu_keeps_a_frozen_bf16_teacher(tmp_path):
+    """The distillation task on CUDA under bf16 autocast: the teacher's weights are bf16 (its position table
+    fp32), bit for bit the source's after 8 steps, and its forward time (CUDA events) is in every metrics row."""
+    from conftest import fake_loader, read_metrics
+    from test_distill import save_teacher, small_distill_config
+
+    from vmae2.tasks import Distillation
+    from vmae2.train import train
+
+    source = save_teacher(tmp_path / "teacher.pt")
+    cfg = small_distill_config(tmp_path / "run", tmp_path / "teacher.pt", device="cuda")
+    task = Distillation(cfg)
+    summary = train(cfg, loader=fake_loader(cfg, device="cuda"), task=task)
+    assert summary["steps"] == 8 and np.isfinite(summary["final_loss"])
+    params = dict(task.teacher.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.bfloat16} and task.teacher.pos_embed.dtype == torch.float32
+    assert sorted(params) == sorted(source)
+    assert all(not p.requires_grad and p.grad is None for p in params.values())
+    assert all(torch.equal(params[k].cpu(), source[k].to(torch.bfloat16)) for k in source)
+    assert all(r["teacher_forward_s"] > 0 for r in read_metrics(tmp_path / "run"))

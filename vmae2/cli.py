@@ -1,4 +1,4 @@
-"""`vmae2-train`: pretrain, finetune, eval, visualize and the CPU demo. Commands parse and call."""
+"""`vmae2-train`: pretrain, finetune, distill, eval, visualize and the CPU demo. Commands parse and call."""
 from __future__ import annotations
 
 import contextlib
@@ -120,6 +120,41 @@ def finetune(preset, dataset, data, val_data, out, init, steps, epochs, config_f
         _print_summary(run_finetune(preset, data, out, dataset=dataset, val_data=val_data, init=init, steps=steps,
                                     epochs=epochs, sets=sets, resume=resume, config_file=config_file,
                                     verify_data=verify_data))
+
+
+@main.command()
+@click.option("--teacher", required=True, help="the frozen teacher classifier: a published fine-tuned .pth, "
+                                               "safetensors, hf://OWNER/REPO or a vmae2 run / checkpoint")
+@click.option("--teacher-preset", default=None, help="the teacher's model size (default: its run config's, else the "
+                                                     "preset matching its sizes)")
+@click.option("--preset", required=True, help="the student's model size: " + PRESET_HELP.split(": ", 1)[1])
+@click.option("--dataset", "recipe", default=None,
+              help="recipe: k710_distill (vit_s, vit_b), synth_distill (tiny), or a fine-tuning recipe of the preset "
+                   "(default: the preset's first distillation recipe)")
+@click.option("--data", required=True, help="training shards; labels are not needed with alpha=0 (the default)")
+@click.option("--val-data", default=None, help="labeled validation shards (1-view top-1 during training, "
+                                                "the full clips x crops protocol at the end)")
+@click.option("--out", required=True, help="run folder")
+@click.option("--init", default=None, help="the student's start: its pre-training or post-pre-training run / .pth, "
+                                           "safetensors or hf://OWNER/REPO; omit to start from scratch")
+@click.option("--steps", type=int, default=None, help="total optimizer steps (instead of the recipe's epochs)")
+@click.option("--epochs", type=float, default=None, help="epochs (the recipe's otherwise)")
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="config override, repeatable (e.g. --set temperature=2 --set alpha=0.5 "
+                   "--set head_rows=label_710to400.json)")
+@click.option("--resume/--no-resume", default=None, help=RESUME_HELP)
+@click.option("--verify-data", is_flag=True, help=VERIFY_HELP)
+def distill(teacher, teacher_preset, preset, recipe, data, val_data, out, init, steps, epochs, config_file, sets,
+            resume, verify_data):
+    """Distil a frozen teacher classifier into a student: KL between their softmaxes at temperature T on the same
+    augmented clip (x T^2), plus alpha x cross-entropy on the labels (alpha 0: no labels needed)."""
+    from .train import run_distill
+
+    with user_errors():
+        _print_summary(run_distill(preset, data, out, teacher=teacher, teacher_preset=teacher_preset, recipe=recipe,
+                                   val_data=val_data, init=init, steps=steps, epochs=epochs, sets=sets,
+                                   resume=resume, config_file=config_file, verify_data=verify_data))
 
 
 @main.command("eval")

@@ -30,6 +30,7 @@ class ModelConfig:
     img_size: int = 224              # square crop side in pixels
     encoder_mask_ratio: float = 0.9  # tube masking: share of spatial positions removed
     decoder_mask_ratio: float = 0.5  # running-cell masking: share of tokens not decoded (0 = V1)
+    normalize_target: bool = True    # loss on per-token normalised pixels (spec §4); False: on pixels in [0, 1]
     drop_path: float = 0.0           # stochastic depth at the last block (linear from 0)
     grad_checkpointing: bool = False  # activation checkpointing per block (H and g)
 
@@ -208,6 +209,28 @@ class FinetuneConfig(TrainConfig):
                               f"need 0 < min area <= max area < 1 and 0 < min aspect <= 1")
 
 
+@dataclass
+class DistillConfig(FinetuneConfig):
+    """Distillation (vmae2.distill): the student is trained like a fine-tuned classifier, its target the
+    frozen teacher's softmax on the same augmented clip. `head_rows` maps the teacher's head (and a
+    classifier --init's head of the teacher's size) onto the student's classes."""
+
+    teacher: str = ""                    # the teacher classifier's weights: anything `vmae2-train eval` reads
+    teacher_preset: str = ""             # its model size; "" = its run config's model, else the preset of its sizes
+    temperature: float = 1.0             # T: both softmaxes at logits / T, the KL scaled by T² (1 = as they are)
+    alpha: float = 0.0                   # weight of the cross-entropy on the mixed labels (0: labels unused)
+    teacher_fsdp: str = "auto"           # auto (shard over the ranks when its weights take >10% of a GPU) | on | off
+
+    _CHOICES = {**FinetuneConfig._CHOICES, "teacher_fsdp": ("auto", "on", "off")}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature={self.temperature}: must be positive (1 leaves the logits as they are)")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha={self.alpha}: must not be negative (0 distils without labels)")
+
+
 @dataclass(frozen=True)
 class Preset:
     """A model size: its architecture, its pre-training recipe and its fine-tuning recipes per dataset."""
@@ -215,6 +238,7 @@ class Preset:
     model: ModelConfig
     pretrain: dict                       # PretrainConfig fields that differ from the defaults
     finetune: dict                       # dataset -> FinetuneConfig fields of the published script
+    distill: dict = field(default_factory=dict)  # recipe -> DistillConfig fields (vmae2's own: none is published)
 
 
 # Pre-training of the ViT presets: ≈ 800 repeat-counted epochs (spec §7) of K400's 240k videos at 2048
@@ -238,6 +262,11 @@ def _script(batch, lr, epochs, layer_decay, drop_path, weight_decay=0.05, warmup
 _SSV2 = dict(sampling="tsn", flip=False, frame_stride=1, test_num_clips=2, test_num_crops=3)
 _B = {"k400": _script(16, 7e-4, 90, 0.75, 0.1), "k710": _script(16, 7e-4, 90, 0.75, 0.1),
       "ssv2": _script(16, 2e-3, 25, 0.65, 0.1, **_SSV2)}
+# Distilling the ViT-g K710 classifier into ViT-S/B on K710 (spec §7): the B K710 row with the student's
+# logits matched to the teacher's. The paper gives no epochs, T or alpha; these are vmae2's choice: the
+# row's 90 epochs, T = 1 (the teacher's probabilities as they are) and alpha = 0 (function matching, no
+# labels); mixup/cutmix stay on, both models seeing the same mixed clip.
+_B_DISTILL = {"k710_distill": _script(16, 7e-4, 90, 0.75, 0.1, temperature=1.0, alpha=0.0)}
 
 PRESETS: dict[str, Preset] = {
     # tiny: for CPU demos and tests; 16x112x112 clips give an even 8x8x8 token grid with patch 14.
@@ -250,16 +279,21 @@ PRESETS: dict[str, Preset] = {
         finetune={"synth": dict(batch_videos_per_gpu=4, base_lr=0.032, min_lr_base=3.2e-5, epochs=10,
                                 total_steps=0, warmup_fraction=0.1, layer_decay=0.75, drop_path=0.1,
                                 frame_stride=2, test_num_clips=2, test_num_crops=3, eval_every_epochs=0,
-                                log_every=10, save_every=100, loader_threads=2)}),
+                                log_every=10, save_every=100, loader_threads=2)},
+        distill={"synth_distill": dict(batch_videos_per_gpu=4, base_lr=0.032, min_lr_base=3.2e-5, epochs=10,
+                                       total_steps=0, warmup_fraction=0.1, layer_decay=0.75, drop_path=0.1,
+                                       frame_stride=2, test_num_clips=2, test_num_crops=3, eval_every_epochs=0,
+                                       log_every=10, save_every=100, loader_threads=2, temperature=1.0,
+                                       alpha=0.0)}),
     # vit_s has no published fine-tuning script (its models are distilled); it takes vit_b's rows.
     "vit_s": Preset(
         ModelConfig(patch_size=16, depth=12, embed_dim=384, num_heads=6, mlp_hidden_dim=1536,
                     decoder_embed_dim=192, decoder_num_heads=3),
-        pretrain=dict(_VIT_PRETRAIN), finetune=_B),
+        pretrain=dict(_VIT_PRETRAIN), finetune=_B, distill=_B_DISTILL),
     "vit_b": Preset(
         ModelConfig(patch_size=16, depth=12, embed_dim=768, num_heads=12, mlp_hidden_dim=3072,
                     decoder_embed_dim=384, decoder_num_heads=6),
-        pretrain=dict(_VIT_PRETRAIN), finetune=_B),
+        pretrain=dict(_VIT_PRETRAIN), finetune=_B, distill=_B_DISTILL),
     "vit_l": Preset(
         ModelConfig(patch_size=16, depth=24, embed_dim=1024, num_heads=16, mlp_hidden_dim=4096,
                     decoder_embed_dim=512, decoder_num_heads=8),
@@ -323,6 +357,23 @@ def finetune_config(preset: str, dataset: str | None = None, overrides: dict | N
         raise ConfigError(f"preset {preset} has no fine-tuning recipe {dataset!r}; choose one of "
                           f"{', '.join(p.finetune)} (or the closest one and --set the differences)")
     cfg = FinetuneConfig(preset=preset, model=p.model, dataset=dataset, **{**_FINETUNE_COMMON, **p.finetune[dataset]})
+    return apply_overrides(cfg, overrides or {})
+
+
+def distill_config(preset: str, recipe: str | None = None, overrides: dict | None = None) -> DistillConfig:
+    """A preset's distillation recipe, or one of its fine-tuning recipes with the distillation defaults.
+
+    recipe None takes the preset's first distillation recipe (k710_distill for vit_s/vit_b, synth_distill
+    for tiny), else its first fine-tuning recipe.
+    """
+    p = _preset(preset)
+    recipes = {**p.finetune, **p.distill}
+    recipe = recipe or next(iter(p.distill or p.finetune))
+    if recipe not in recipes:
+        raise ConfigError(f"preset {preset} has no distillation or fine-tuning recipe {recipe!r}; choose one of "
+                          f"{', '.join(recipes)}")
+    dataset = recipe.removesuffix("_distill")
+    cfg = DistillConfig(preset=preset, model=p.model, dataset=dataset, **{**_FINETUNE_COMMON, **recipes[recipe]})
     return apply_overrides(cfg, overrides or {})
 
 

@@ -48,8 +48,11 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_video(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, T, H, W, 3) -> pixels in [0, 1] and ImageNet-normalised input, both (B, 3, T, H, W)."""
-    pixels = video.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    """uint8 (B, T, H, W, 3) -> pixels in [0, 1] and ImageNet-normalised input, both (B, 3, T, H, W).
+
+    Float input (mixed clips, in [0, 255]) is left as it was: distillation feeds one tensor to two models.
+    """
+    pixels = video.permute(0, 4, 1, 2, 3).to(torch.float32, copy=True).div_(255.0)
     mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
     return pixels, (pixels - mean) / std
@@ -203,13 +206,19 @@ class VideoMAEv2(nn.Module):
 
     def forward_loss(self, pixels: torch.Tensor, pred: torch.Tensor, query_idx: torch.Tensor,
                      loss_idx: torch.Tensor) -> torch.Tensor:
-        """Mean squared error against per-token, per-channel normalised pixels, on loss tokens only."""
+        """Mean squared error against per-token, per-channel normalised pixels, on loss tokens only.
+
+        With cfg.normalize_target False (the published code's --normlize_target False) the target is the
+        pixels themselves, in [0, 1].
+        """
         patches = self.patchify(pixels)                              # (B, N, 2pp, 3)
         token_idx = torch.gather(query_idx, 1, loss_idx)             # (B, N_loss)
         B, _, P, C = patches.shape
         target = torch.gather(patches, 1, token_idx[:, :, None, None].expand(-1, -1, P, C))
-        mean, std = token_stats(target)
-        target = ((target - mean) / std).flatten(2)                  # (B, N_loss, 2pp·3), channel fastest
+        if self.cfg.normalize_target:
+            mean, std = token_stats(target)
+            target = (target - mean) / std
+        target = target.flatten(2)                                   # (B, N_loss, 2pp·3), channel fastest
         pred = gather_tokens(pred, loss_idx).float()                 # (B, N_loss, 2pp·3)
         return (pred - target).pow(2).mean(dim=-1).mean()
 

@@ -1,20 +1,24 @@
 """What is trained: a task supplies the model, its parameter groups, the loader and the loss of a batch.
 
 The training loop (vmae2.train) owns everything else: lr schedule, accumulation, clipping, the non-finite
-guard, logging, DDP/FSDP2, checkpoints and exact resume. Two tasks:
+guard, logging, DDP/FSDP2, checkpoints and exact resume. Three tasks:
 
     Reconstruction   pre-training: VideoMAEv2, dual masks from the loader, the model's own loss (spec §4)
     Classification   fine-tuning / post-pre-training: VideoClassifier, mixup/cutmix on the device, soft-target
                      cross-entropy (spec §7), periodic 1-view and final multi-view evaluation
+    Distillation     a student classifier trained as in Classification towards a frozen teacher's softmax on
+                     the same mixed clip (vmae2.distill holds the loss and the teacher)
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import optim
-from .config import FinetuneConfig, PretrainConfig, TrainConfig
+from . import distill, optim
+from .config import DistillConfig, FinetuneConfig, PretrainConfig, TrainConfig
 from .datasets import check_data, dataset_num_classes
 from .model import VideoClassifier, VideoMAEv2
 from .overrides import ConfigError
@@ -107,11 +111,14 @@ class Classification:
     def param_groups(self, model: nn.Module) -> list[dict]:
         return optim.layer_decay_param_groups(model, self.cfg.weight_decay, self.cfg.layer_decay)
 
+    def loader_config(self):
+        return classify_config(self.cfg)
+
     def make_loader(self, env):
         check_data(self.cfg.data)
         from dali_pipes.classify import finetune_loader
 
-        return finetune_loader(self.cfg.data, self.cfg.batch_videos_per_gpu, classify_config(self.cfg),
+        return finetune_loader(self.cfg.data, self.cfg.batch_videos_per_gpu, self.loader_config(),
                                device=env.device, rank=env.rank, world_size=env.world_size, seed=self.cfg.seed,
                                num_threads=self.cfg.loader_threads, label_map=self.cfg.label_map or None,
                                flip_map=self.cfg.label_flip_map or None)
@@ -132,6 +139,106 @@ class Classification:
 
         views = (self.cfg.test_num_clips, self.cfg.test_num_crops) if final else (1, 1)
         return evaluate_views(model, self.cfg, self.cfg.val_data, views, env)
+
+
+def labelled_classes(data: str, label_map: str = "") -> int | None:
+    """Classes of a labelled shard set or mixture (as dataset_num_classes counts them); None without labels."""
+    from dali_pipes.mixture import is_mixture
+    from dali_pipes.shards import open_shards
+    from shard_tools.format import read_manifest
+    from shard_tools.mixture import read_mixture
+
+    if label_map:
+        return dataset_num_classes(data, label_map)
+    root = read_mixture(data)[0]["path"] if is_mixture(data) else open_shards(data).root
+    return len(read_manifest(root)["labels"]) or None
+
+
+class Distillation(Classification):
+    """A student fine-tuned as in Classification (its loader, mixup, layer decay, evaluation) whose target is the
+    frozen teacher's softmax on the same mixed clip: loss = distill.distillation_loss [+ alpha × cross-entropy].
+
+    The teacher is no submodule of the student, so it is in no optimizer, checkpoint or DDP; the loop asks for it
+    once (load_teacher), and a resumed run loads it again from its source.
+    """
+
+    name = "distill"
+
+    def __init__(self, cfg: DistillConfig):
+        from .weights import read_source
+
+        if not cfg.teacher:
+            raise ConfigError("teacher is empty: pass --teacher WEIGHTS (a fine-tuned classifier: a published .pth, "
+                              "safetensors, hf://OWNER/REPO or a vmae2 run)")
+        self.teacher_source = read_source(cfg.teacher)   # read once: the label space here, the tensors later
+        distill.teacher_model_config(cfg, self.teacher_source)   # a teacher that cannot see the clips fails now
+        super().__init__(cfg, num_classes=distill.teacher_classes(cfg, self.teacher_source))
+        self.teacher, self.timer = None, None
+
+    def build_model(self) -> nn.Module:
+        """The student; an --init classifier with the teacher's head rows takes head_rows as the teacher does."""
+        from .weights import load_weights, read_source
+
+        cfg = self.cfg
+        model = VideoClassifier(cfg.model, self.num_classes, drop_path=cfg.drop_path, head_dropout=cfg.head_dropout)
+        if cfg.init:
+            source = read_source(cfg.init)
+            head = source.state.get("head.weight")
+            remap = head is not None and head.shape[0] != self.num_classes
+            report = load_weights(model, source, head_rows=(cfg.head_rows or None) if remap else None)
+            print(f"init from {cfg.init}: {report}")
+        return model
+
+    def load_teacher(self, env) -> nn.Module:
+        self.teacher = distill.build_teacher(self.cfg, self.teacher_source, self.num_classes, env)
+        self.teacher_source = None          # its tensors are in the teacher now
+        self.timer = distill.ForwardTimer(env.device)
+        return self.teacher
+
+    def loader_config(self):
+        """Labels are read only where they are used (alpha > 0): with alpha = 0 unlabelled shards distil too."""
+        return dataclasses.replace(super().loader_config(), labels_optional=self.cfg.alpha == 0)
+
+    def make_loader(self, env):
+        cfg = self.cfg
+        check_data(cfg.data)
+        for key in ("data", "val_data"):
+            data = getattr(cfg, key)
+            classes = labelled_classes(data, cfg.label_map if key == "data" else "") if data else None
+            if classes is None and key == "data" and cfg.alpha > 0:
+                raise ConfigError(f"alpha={cfg.alpha} weighs a cross-entropy on labels, but data={data!r} has none; "
+                                  f"set alpha=0 to distil without labels, or pack the videos with labels")
+            if classes is not None and classes != self.num_classes:
+                rows = f" (head_rows {cfg.head_rows})" if cfg.head_rows else ""
+                raise ConfigError(f"the teacher {cfg.teacher} gives {self.num_classes} classes{rows} but {key}="
+                                  f"{data!r} has {classes}: student and teacher must share the data's label space; "
+                                  f"map the teacher's head rows onto the data's classes with --set head_rows=FILE "
+                                  f"(the published label_710to400.json maps a K710 head onto K400)")
+        return super().make_loader(env)
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        video, label = batch["video"], batch["label"]
+        target = None
+        if self.mixup is not None:
+            # one mixup/cutmix draw, the same mixed clip for both models; a clip without a label (-1, only
+            # with alpha = 0) mixes as class 0, into a target nothing reads
+            video, target = mix_clips(self.mixup, video, label.clamp(min=0))
+        with torch.no_grad(), self.timer:
+            teacher_logits = self.teacher(video)
+        student_logits = model(video)
+        loss = distill.distillation_loss(student_logits, teacher_logits, self.cfg.temperature)
+        if self.cfg.alpha > 0:
+            if target is not None:
+                hard = torch.sum(-target * F.log_softmax(student_logits.float(), dim=-1), dim=-1).mean()
+            else:
+                hard = F.cross_entropy(student_logits.float(), label, label_smoothing=self.cfg.label_smoothing)
+            loss = loss + self.cfg.alpha * hard
+        return loss
+
+    def report_fields(self, steps: int, elapsed_s: float) -> dict:
+        """The teacher's forward time in a metrics row: seconds per optimizer step and its share of the step."""
+        seconds = self.timer.take()
+        return {"teacher_forward_s": seconds / max(steps, 1), "teacher_time_frac": seconds / max(elapsed_s, 1e-9)}
 
 
 def rand_augment_config(spec: str):
@@ -178,4 +285,6 @@ def classify_config(cfg: FinetuneConfig):
 
 
 def task_for(cfg: TrainConfig):
+    if isinstance(cfg, DistillConfig):
+        return Distillation(cfg)
     return Classification(cfg) if isinstance(cfg, FinetuneConfig) else Reconstruction(cfg)

@@ -1,4 +1,5 @@
-"""The training loop of vmae2: one `train(cfg)` for pre-training and fine-tuning, one CPU to many GPU nodes.
+"""The training loop of vmae2: one `train(cfg)` for pre-training, fine-tuning and distillation, one CPU to many
+GPU nodes.
 
 Read top to bottom: processes and device → model from the task (compile, DDP/FSDP2) → optimizer →
 loader → resume → the step loop (lr, micro-steps, clip, non-finite guard, update, EMA, log, evaluate,
@@ -24,7 +25,7 @@ from dali_pipes.contract import forever
 from shard_tools.files import write_json_atomic, write_text_atomic
 
 from . import checkpoint, distributed, optim, weights
-from .config import FinetuneConfig, TrainConfig, finetune_config, pretrain_config, save_config
+from .config import FinetuneConfig, TrainConfig, distill_config, finetune_config, pretrain_config, save_config
 from .overrides import config_text, parse_set_args, read_config_file
 from .tasks import task_for
 
@@ -148,8 +149,8 @@ def train(cfg: TrainConfig, loader=None, task=None) -> dict:
     """Train (or continue training) into cfg.out_dir; returns a summary of the run.
 
     loader: anything with the dali_pipes loader contract (iterable of batches with len(), state_dict() and
-    load_state_dict()); built by the task from cfg.data when None. task: vmae2.tasks.Reconstruction or
-    Classification; chosen from the config's type when None.
+    load_state_dict()); built by the task from cfg.data when None. task: vmae2.tasks.Reconstruction,
+    Classification or Distillation; chosen from the config's type when None.
     """
     env = distributed.init(cfg.device)
     try:
@@ -174,6 +175,8 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
     if cfg.compile:
         distributed.compile_blocks(raw_model)
     model = distributed.wrap(raw_model, env, cfg.parallel, autocast.bf16)
+    if hasattr(task, "load_teacher"):   # distillation: a frozen model beside this one, in no optimizer or checkpoint
+        task.load_teacher(env)
     if loader is None:
         loader = task.make_loader(env)
     total_steps, warmup_steps = cfg.steps(len(loader))
@@ -277,6 +280,8 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
                    "elapsed_s": time.perf_counter() - run_start}
             if hasattr(loader, "source_counts"):      # a mixture: samples drawn per source so far
                 row["source_counts"] = loader.source_counts()
+            if hasattr(task, "report_fields"):        # distillation: the teacher's forward time
+                row.update(task.report_fields(window_steps, elapsed))
             row.update(bad_log.row_fields())
             log(row)
             bad_log.check()
@@ -334,12 +339,14 @@ def resolve_config(kind: str, preset: str, *, dataset: str | None = None, config
     overrides.update(parse_set_args(sets))
     if kind == "finetune":
         return finetune_config(preset, dataset, overrides)
+    if kind == "distill":
+        return distill_config(preset, dataset, overrides)
     return pretrain_config(preset, overrides)
 
 
 def run(cfg: TrainConfig, resume: bool | None = None, loader=None, config_format: str = "json",
         verify_data: bool = False) -> dict:
-    """What `vmae2-train pretrain/finetune` do once the config is resolved.
+    """What `vmae2-train pretrain/finetune/distill` do once the config is resolved.
 
     resume: None continues automatically when the run folder holds a checkpoint; True requires one;
     False refuses to touch a run folder that has one. verify_data: every shard of the data (and
@@ -376,6 +383,17 @@ def run_finetune(preset: str, data: str, out: str, *, dataset: str | None = None
     """`vmae2-train finetune`: the published recipe of preset × dataset + overrides → config → train."""
     cfg = resolve_config("finetune", preset, dataset=dataset, config_file=config_file, sets=sets, data=data,
                          out_dir=out, val_data=val_data, init=init, total_steps=steps, epochs=epochs)
+    return run(cfg, resume, loader, _format(config_file), verify_data)
+
+
+def run_distill(preset: str, data: str, out: str, *, teacher: str, teacher_preset: str | None = None,
+                recipe: str | None = None, val_data: str | None = None, init: str | None = None,
+                steps: int | None = None, epochs: float | None = None, sets=(), resume: bool | None = None,
+                loader=None, config_file: str | None = None, verify_data: bool = False) -> dict:
+    """`vmae2-train distill`: the preset's distillation recipe + teacher + overrides → config → train."""
+    cfg = resolve_config("distill", preset, dataset=recipe, config_file=config_file, sets=sets, data=data,
+                         out_dir=out, val_data=val_data, init=init, total_steps=steps, epochs=epochs, teacher=teacher,
+                         teacher_preset=teacher_preset)
     return run(cfg, resume, loader, _format(config_file), verify_data)
 
 

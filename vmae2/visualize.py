@@ -2,7 +2,8 @@
 
 The decoder predicts per-token, per-channel normalised pixels (spec §4); each predicted token is
 de-normalised with the mean and standard deviation of the original token's pixels, as the MAE
-papers show their reconstructions. Tokens the encoder saw are shown as they are; encoder-removed
+papers show their reconstructions (a model trained on pixels, normalize_target False, is drawn as it
+predicts). Tokens the encoder saw are shown as they are; encoder-removed
 tokens that the decoder did not query (dual masking decodes only some) stay grey.
 """
 from __future__ import annotations
@@ -37,9 +38,11 @@ def reconstruct(model: VideoMAEv2, video: torch.Tensor, masks: dict) -> dict[str
     patches = model.patchify(pixels)                              # (B, N, 2pp, 3)
     B, N, P, C = patches.shape
     visible, query = masks["visible_idx"], masks["query_idx"]
-    target = torch.gather(patches, 1, query[:, :, None, None].expand(-1, -1, P, C))
-    mean, std = token_stats(target)
-    pred = pred.float().reshape(B, -1, P, C) * std + mean        # de-normalised, (B, N_query, 2pp, 3)
+    pred = pred.float().reshape(B, -1, P, C)                      # (B, N_query, 2pp, 3)
+    if model.cfg.normalize_target:
+        target = torch.gather(patches, 1, query[:, :, None, None].expand(-1, -1, P, C))
+        mean, std = token_stats(target)
+        pred = pred * std + mean                                  # de-normalised
 
     is_visible = torch.zeros(B, N, dtype=torch.bool, device=patches.device).scatter_(1, visible, True)[:, :, None, None]
     masked = torch.where(is_visible, patches, torch.full_like(patches, GREY))

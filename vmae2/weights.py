@@ -36,7 +36,7 @@ from .weights_hub import HUB_PREFIX, WEIGHT_SUFFIXES, hub_path, pick_weights_fil
 from .weights_transformers import config_from_transformers, from_transformers
 
 FINAL_WEIGHTS = "pretrain_final.pt"   # a pre-training run's weights, beside its checkpoints
-FINAL_NAMES = (FINAL_WEIGHTS, "finetune_final.pt")   # a run's final weights, by task
+FINAL_NAMES = (FINAL_WEIGHTS, "finetune_final.pt", "distill_final.pt")   # a run's final weights, by task
 WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
 
 
@@ -231,8 +231,9 @@ def export_weights(model: nn.Module, path, env: distributed.DistEnv) -> None:
 def resolve_weights(source) -> Path:
     """A checkpoint folder or .pt file from a run folder, a checkpoint folder or a .pt file.
 
-    In a run folder the run's final weights (`pretrain_final.pt`, `finetune_final.pt`: the EMA weights
-    where the run kept an EMA) win over its newest checkpoint unless that checkpoint is newer (a resumed run).
+    In a run folder the run's final weights (`pretrain_final.pt`, `finetune_final.pt`, `distill_final.pt`: the
+    EMA weights where the run kept an EMA) win over its newest checkpoint unless that checkpoint is newer (a
+    resumed run).
     """
     path = Path(source)
     if path.is_file():
