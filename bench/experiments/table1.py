@@ -1,179 +1,271 @@
-"""A small version of the paper's Table 1 on the CPU: encoder-only vs dual masking vs scratch.
+"""The paper's Table 1 on a CPU: does dual-masking pre-training on unlabelled clips help, and does it cost less?
 
-    python -m bench.experiments.table1 --out /tmp/table1 [--pretrain-steps 1500] [--setting dual ...]
+    python -m bench.experiments.table1 --out /tmp/vmae2-table1
 
-Pre-trains `tiny` (16x112x112, patch 14) with its recipe on shards of the synthetic set (`make_synthetic`,
-VP9; the DALI pre-training loader through `vmae2.train.run_pretrain`) with encoder-only masking
-(decoder_mask_ratio 0, VideoMAE V1) and with dual masking (0.5). Then fine-tunes each, and a model from
-scratch, with tiny's synth recipe through the same loop (layer decay, mixup/cutmix, label smoothing,
-drop path) on labeled clips held in memory (bench.experiments.budget: a random window, a random 112² crop and
-a flip; the RandAugment and random erasing of the shard loader are not applied), and scores top-1 on
-held-out videos with the recipe's 2 × 3 test views. The three splits are disjoint seeds of the set.
+On the learnable glyph set (`vmae2-shard synth --kind glyphs`: a digit moving left, right, up or down over a
+plain background; VP9 shards, three disjoint seeds), with `tiny` and its own recipes:
 
-Stages already done in OUT (a run folder with its summary.json) are not run again, so settings can run
-in separate processes (`--setting`). The call that finds all three settings done writes the report
-(bench/reports/cpu/table1.{json,md}, with each row's command, commit and environment; the notes below the
-marker survive reruns); a call without work left only writes the report.
+    pre-train   dual masking (decoder ratio 0.5) and encoder-only masking (0, VideoMAE V1) on unlabelled clips,
+                `vmae2-train pretrain`'s loop and DALI loader; wall time and GFLOPs per clip; the held-out
+                reconstruction loss next to the best constant patch and the best patch per position
+    probe       a linear probe on the frozen encoder's pooled features (glyph and motion labels) of the
+                labelled clips, scored on held-out clips, against the same probe on a random init; for the
+                motion label, the same clips mirrored and played backwards (a probe that reads motion swaps
+                left and right on both, and up and down on the second)
+    fine-tune   `vmae2-train finetune` with tiny's recipe on few labels per class (glyph), from each
+                pre-training and from scratch, scored with the recipe's test views
+
+Every stage's result is kept in OUT, so a rerun continues where a run stopped; the report
+(bench/reports/cpu/table1.{json,md}) is written when every stage is done and keeps the notes below its marker.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 
 from bench.env import environment, write_json_and_report
-from bench.experiments import budget
+from bench.experiments.probe import VIEWS, clip_features, fit_probe, probe_predict, recon_baselines, standard_error
 from shard_tools.files import write_json_atomic
-from shard_tools.synth import CLASSES
-from vmae2.config import PRESETS
-from vmae2.flops import classifier_flops, pretrain_flops
-from vmae2.train import run_pretrain
+from shard_tools.flipmap import flip_permutation
+from shard_tools.glyphs import FLIP_PAIRS, GLYPHS, MOTIONS
+from shard_tools.synth import make_synthetic, synth_index, synth_labels
 
 REPORT_DIR = Path(__file__).resolve().parent.parent / "reports" / "cpu"
-# setting -> decoder_mask_ratio of its pre-training (None: no pre-training)
-SETTINGS = {"encoder-only": 0.0, "dual": 0.5, "scratch": None}
-TITLES = {"encoder-only": "encoder masking only (V1)", "dual": "dual masking (V2)", "scratch": "from scratch"}
+PRETRAIN_SEED, TRAIN_SEED, VAL_SEED = 0, 1, 2
+SETTINGS = {"dual": 0.5, "encoder-only": 0.0, "scratch": None}   # decoder mask ratio of the pre-training
+TITLES = {"dual": "dual masking (V2)", "encoder-only": "encoder masking only (V1)", "scratch": "random init / scratch"}
+LABELS = {"glyph": GLYPHS, "motion": MOTIONS}
+# a clip played backwards moves the other way along both axes
+REVERSE_PAIRS = (("left", "right"), ("up", "down"))
 
 
-def done(run_dir: Path) -> dict | None:
-    """The summary of a finished run folder, else None."""
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def shard_set(out: Path, name: str, videos: int, seed: int, label: str) -> Path:
+    path = out / "data" / name
+    make_synthetic(path, videos, kind="glyphs", label=label, seed=seed, progress=False)
+    return path
 
 
-def pretrain_setting(out: Path, name: str, ratio: float, videos: int, steps: int, sets: list[str]) -> dict:
-    """Pre-train one setting on the synthetic shards (made once in OUT/pretrain-shards); returns its row part."""
-    shards = out / "pretrain-shards"
-    if not (shards / "manifest.json").is_file():
-        from shard_tools.synth import make_synthetic
+def record(path: Path, compute) -> dict:
+    """A stage's result: read back when OUT holds it, else computed, timed and written."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    result = compute()
+    result["stage_wall_s"] = time.perf_counter() - start
+    write_json_atomic(path, result, indent=2, sort_keys=False)
+    return result
 
-        make_synthetic(shards, videos, codec="vp9", seed=budget.PRETRAIN_SEED)
+
+def pretrain(out: Path, name: str, data: Path, steps: int | None, sets: list[str]) -> dict:
+    from vmae2.config import PRESETS
+    from vmae2.flops import pretrain_flops
+    from vmae2.train import run_pretrain
+
+    ratio = SETTINGS[name]
     run_dir = out / f"pretrain-{name}"
-    summary = done(run_dir)
-    if summary is None or summary["steps"] != steps:
-        summary = run_pretrain("tiny", str(shards), str(run_dir), steps,
+
+    def run():
+        summary = run_pretrain("tiny", str(data), str(run_dir), steps,
                                sets=["device=cpu", "tensorboard=false", f"model.decoder_mask_ratio={ratio}", *sets])
-    losses = [r["loss"] for r in budget.read_metrics(run_dir) if "loss" in r]
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"pretrain_run": str(run_dir), "pretrain_steps": summary["steps"], "pretrain_videos": videos,
-            "pretrain_wall_s": summary["wall_s"], "first_logged_loss": losses[0],
-            "final_recon_loss": sum(tail) / len(tail), "recon_curve": losses,
-            "pretrain_gflops_per_clip": pretrain_flops(PRESETS["tiny"].model, ratio)["total"] / 1e9}
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in rows if "loss" in r]
+        return {"run": str(run_dir), "steps": summary["steps"], "wall_s": summary["wall_s"],
+                "first_loss": losses[0], "last_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
+                "gflops_per_clip": pretrain_flops(PRESETS["tiny"].model, ratio)["total"] / 1e9}
+
+    return record(out / f"pretrain-{name}.json", run)
 
 
-def standard_error(top1: float, n: int) -> float:
-    """Binomial standard error of a top-1 (%) over n videos, in points."""
-    p = top1 / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
+def pretrain_config_of(run: str):
+    from vmae2.config import PretrainConfig, load_config
+
+    return load_config(PretrainConfig, Path(run) / "config.json")
 
 
-def report_rows(out: Path) -> list[dict]:
-    rows = []
+def recon(out: Path, name: str, run: str, val: Path) -> dict:
+    from vmae2.model import VideoMAEv2
+    from vmae2.weights import load_weights
+
+    def compute():
+        cfg = pretrain_config_of(run)
+        model = VideoMAEv2(cfg.model)
+        load_weights(model, run)
+        return recon_baselines(model, str(val), cfg)
+
+    return record(out / f"recon-{name}.json", compute)
+
+
+def classifier_of(run: str | None, num_classes: int):
+    """tiny's classifier with the pre-trained encoder of `run` (None: a fixed random init)."""
+    from vmae2.config import finetune_config
+    from vmae2.model import VideoClassifier
+    from vmae2.weights import load_weights
+
+    cfg = finetune_config("tiny", None, {"device": "cpu", "loader_threads": 2})
+    torch.manual_seed(0)
+    model = VideoClassifier(cfg.model, num_classes, drop_path=0.0)
+    if run is not None:
+        load_weights(model, run)
+    return model, cfg
+
+
+def probe(out: Path, name: str, run: str | None, train: Path, val: Path) -> dict:
+    """Linear probes (glyph, motion) on frozen features of the labelled clips, scored on the held-out ones;
+    both labels come from the generator, by clip key."""
+    def compute():
+        model, cfg = classifier_of(run, len(GLYPHS))
+        feats = {split: clip_features(model, str(path), cfg, views=VIEWS if split == "val" else ("plain",))
+                 for split, path in (("train", train), ("val", val))}
+        result = {}
+        for label, classes in LABELS.items():
+            y = {split: labels_of(feats[split]["keys"], split_seed(split), label) for split in feats}
+            fitted = fit_probe(feats["train"]["plain"], y["train"], len(classes))
+            row = {"l2": fitted["l2"], "cv_accuracy": {str(k): v for k, v in fitted["cv_accuracy"].items()}}
+            for view in VIEWS:
+                expected = y["val"]
+                if label == "motion" and view != "plain":
+                    pairs = FLIP_PAIRS if view == "mirrored" else REVERSE_PAIRS
+                    expected = np.array(flip_permutation(pairs, list(MOTIONS)))[expected]
+                elif view != "plain":
+                    continue
+                top1 = 100 * float((probe_predict(fitted, feats["val"][view]) == expected).mean())
+                row[f"top1_{view}"] = top1
+                row[f"top1_{view}_se"] = standard_error(top1, len(expected))
+            row["val_clips"], row["train_clips"] = len(y["val"]), len(y["train"])
+            result[label] = row
+        return result
+
+    return record(out / f"probe-{name}.json", compute)
+
+
+def split_seed(split: str) -> int:
+    return {"train": TRAIN_SEED, "val": VAL_SEED}[split]
+
+
+def labels_of(keys: list[str], seed: int, label: str) -> np.ndarray:
+    """The generator's label of each clip key (keys end with the clip's file name, synth-NNNNNN)."""
+    return np.array([synth_labels("glyphs", seed, synth_index(key.rsplit("_", 1)[0]))[label] for key in keys])
+
+
+def finetune(out: Path, name: str, run: str | None, train: Path, val: Path, steps: int | None,
+             sets: list[str]) -> dict:
+    from vmae2.train import run_finetune
+
+    run_dir = out / f"finetune-{name}"
+
+    def compute():
+        summary = run_finetune("tiny", str(train), str(run_dir), val_data=str(val), init=run, steps=steps,
+                               sets=["device=cpu", "tensorboard=false", *sets])
+        result = summary["result"]
+        return {"run": str(run_dir), "steps": summary["steps"], "wall_s": summary["wall_s"],
+                "final_train_loss": summary["final_loss"], "top1": result["top1"],
+                "top1_se": standard_error(result["top1"], result["num_videos"]), "val_videos": result["num_videos"],
+                "views": result.get("views")}
+
+    return record(out / f"finetune-{name}.json", compute)
+
+
+def versus(a: float, a_se: float, b: float, b_se: float) -> str:
+    diff, se = a - b, math.hypot(a_se, b_se)
+    return f"{diff:+.1f} ± {se:.1f} ({diff / se:.1f} SE)" if se > 0 else f"{diff:+.1f}"
+
+
+def report_text(rows: dict, config: dict, env: dict) -> str:
+    chance = {label: 100 / len(classes) for label, classes in LABELS.items()}
+    lines = ["# Table 1 on a CPU: dual masking vs encoder-only masking vs no pre-training", "",
+             f"`tiny` (16x112x112, patch 14) on the glyph set (`vmae2-shard synth --kind glyphs`, VP9): "
+             f"{config['pretrain_videos']} unlabelled clips for pre-training, {config['train_videos']} labelled clips "
+             f"({config['train_videos'] // len(GLYPHS)} per glyph class) for the probes and fine-tuning, "
+             f"{config['val_videos']} held-out clips for every score; three disjoint seeds. Chance: glyph "
+             f"{chance['glyph']:.0f} %, motion {chance['motion']:.0f} %. ± is the binomial standard error over the "
+             "held-out clips; a difference's ± combines both.", "",
+             f"    {env['command']}", "",
+             f"{env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, DALI {env['dali']}, commit "
+             f"`{env['git_commit']}`{' (dirty tree)' if env.get('git_dirty') else ''}, {env['time_utc']}.", "",
+             "## Pre-training and reconstruction on held-out clips", "",
+             "| setting | GFLOPs / clip | steps | wall (s) | train loss first → last | held-out loss | best constant "
+             "patch | best patch per position | loss / per-position |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in ("dual", "encoder-only"):
+        p, r = rows[name]["pretrain"], rows[name]["recon"]
+        lines.append(f"| {TITLES[name]} | {p['gflops_per_clip']:.3f} | {p['steps']} | {p['wall_s']:.0f} | "
+                     f"{p['first_loss']:.3f} → {p['last_loss']:.3f} | {r['model']:.3f} | {r['constant']:.3f} | "
+                     f"{r['per_position']:.3f} | {r['model'] / r['per_position']:.2f} |")
+    dual, enc = rows["dual"]["pretrain"], rows["encoder-only"]["pretrain"]
+    lines += ["", f"Dual masking costs {dual['gflops_per_clip'] / enc['gflops_per_clip']:.2f}x the FLOPs of "
+              f"encoder-only masking per clip and took {dual['wall_s'] / enc['wall_s']:.2f}x its wall time.", "",
+              "## Linear probe on frozen features (held-out top-1, %)", "",
+              "| setting | glyph | vs random init | motion | motion, mirrored | motion, reversed |",
+              "|---|---|---|---|---|---|"]
+    base = rows["scratch"]["probe"]
     for name in SETTINGS:
-        path = out / f"{name}.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
-    scratch = next((r for r in rows if r["setting"] == "scratch"), None)
-    for row in rows:
-        row["top1_se"] = standard_error(row["top1"], row["val_videos"])
-    for row in rows:
-        if scratch is not None and row is not scratch:
-            row["vs_scratch"] = row["top1"] - scratch["top1"]
-            row["vs_scratch_se"] = math.hypot(row["top1_se"], scratch["top1_se"])
-    return rows
-
-
-def report_text(rows: list[dict]) -> str:
-    lines = ["# Table 1 (small, CPU): encoder-only vs dual masking vs scratch", "",
-             f"tiny 16x112x112, patch 14, on the synthetic set's {len(CLASSES)} motion classes (chance "
-             f"{100 / len(CLASSES):.1f} %); top-1 over held-out videos, softmax averaged over the test views; "
-             "± is the binomial standard error.", "",
-             "| setting | pre-train GFLOPs / clip | pre-train steps | pre-train wall (s) | recon loss first → last "
-             "| fine-tune steps | top-1 (%) | vs scratch (points) | commit |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        recon = (f"{r['first_logged_loss']:.4f} → {r['final_recon_loss']:.4f}" if "final_recon_loss" in r else "–")
-        versus = "–"
-        if "vs_scratch" in r:
-            versus = f"{r['vs_scratch']:+.1f} ± {r['vs_scratch_se']:.1f}"
-            if r["vs_scratch_se"] > 0:
-                versus += f" ({r['vs_scratch'] / r['vs_scratch_se']:.1f} SE)"
-        commit = r["git_commit"] + (" (dirty)" if r["git_dirty"] else "")
-        lines.append(f"| {TITLES[r['setting']]} | {r.get('pretrain_gflops_per_clip', 0.0):.2f} | "
-                     f"{r.get('pretrain_steps', 0)} | {r.get('pretrain_wall_s', 0.0):.0f} | {recon} | "
-                     f"{r['finetune_steps']} | {r['top1']:.1f} ± {r['top1_se']:.1f} | {versus} | {commit} |")
-    if rows:
-        r = rows[0]
-        lines += ["", f"{r['val_videos']} validation videos ({r['views']} views each), {r['finetune_videos']} "
-                  "labeled training videos; recon loss: mean of the first logged window → mean of the last "
-                  f"10 % of logged windows. Classifier forward: {classifier_flops(PRESETS['tiny'].model, 8) / 1e9:.2f} "
-                  "GFLOPs per view.", "", "Commands (one per row; a row's stages already in OUT were not rerun):", ""]
-        lines += [f"    {command}" for command in dict.fromkeys(r["command"] for r in rows)]
+        g, m = rows[name]["probe"]["glyph"], rows[name]["probe"]["motion"]
+        vs = "–" if name == "scratch" else versus(g["top1_plain"], g["top1_plain_se"], base["glyph"]["top1_plain"],
+                                                  base["glyph"]["top1_plain_se"])
+        lines.append(f"| {TITLES[name]} | {g['top1_plain']:.1f} ± {g['top1_plain_se']:.1f} | {vs} | "
+                     f"{m['top1_plain']:.1f} ± {m['top1_plain_se']:.1f} | {m['top1_mirrored']:.1f} | "
+                     f"{m['top1_reversed']:.1f} |")
+    lines += ["", "Mirrored and reversed: the held-out clips flipped left-right or played backwards, scored against "
+              "the motion they then show (left and right swapped; on reversal up and down too). A probe that reads "
+              "the motion scores them as the plain clips; one that reads appearance does not.", "",
+              "## Fine-tuning with few labels (glyph, held-out top-1 with the recipe's test views, %)", "",
+              "| setting | steps | wall (s) | final train loss | top-1 | vs scratch |", "|---|---|---|---|---|---|"]
+    scratch = rows["scratch"]["finetune"]
+    for name in SETTINGS:
+        f = rows[name]["finetune"]
+        vs = "–" if name == "scratch" else versus(f["top1"], f["top1_se"], scratch["top1"], scratch["top1_se"])
+        lines.append(f"| {TITLES[name]} | {f['steps']} | {f['wall_s']:.0f} | {f['final_train_loss']:.3f} | "
+                     f"{f['top1']:.1f} ± {f['top1_se']:.1f} | {vs} |")
+    d, e = rows["dual"]["finetune"], rows["encoder-only"]["finetune"]
+    lines += ["", f"Dual vs encoder-only, fine-tuned: {versus(d['top1'], d['top1_se'], e['top1'], e['top1_se'])}. "
+              f"Whole run: {config['wall_s'] / 60:.0f} min."]
     return "\n".join(lines) + "\n"
 
 
-@click.command()
+@click.command(help=__doc__.split("\n\n")[0])
 @click.option("--out", default="/tmp/vmae2-table1", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for shards, clip caches, runs and per-setting results.")
-@click.option("--setting", "settings", multiple=True, type=click.Choice(list(SETTINGS)),
-              help="Run only these settings (repeatable); default all three. The report takes every finished one.")
-@click.option("--pretrain-videos", default=128, show_default=True, help="Unlabeled videos (synthetic seed 0).")
-@click.option("--finetune-videos", default=256, show_default=True, help="Labeled training videos (seed 1).")
-@click.option("--val-videos", default=256, show_default=True, help="Validation videos (seed 2).")
-@click.option("--pretrain-steps", default=1500, show_default=True, help="Pre-training steps of 2 videos x 4 crops.")
-@click.option("--finetune-steps", default=0, show_default=True,
-              help="Fine-tuning steps of 4 videos x 2 crops; 0 = the synth recipe's 10 epochs.")
-@click.option("--threads", default=1, show_default=True, help="torch CPU threads of this process.")
-@click.option("--pretrain-set", multiple=True, help="Override of the pre-training config, key=value (repeatable).")
-@click.option("--finetune-set", multiple=True, help="Override of the fine-tuning config, key=value (repeatable).")
+              help="Folder for shards, runs and each stage's result (a rerun continues there).")
+@click.option("--pretrain-videos", default=400, show_default=True, help="Unlabelled pre-training clips (seed 0).")
+@click.option("--train-videos", default=200, show_default=True, help="Labelled clips (seed 1), balanced over glyphs.")
+@click.option("--val-videos", default=400, show_default=True, help="Held-out clips (seed 2).")
+@click.option("--pretrain-steps", default=None, type=int, help="Pre-training steps [default: tiny's recipe].")
+@click.option("--finetune-steps", default=None, type=int, help="Fine-tuning steps [default: tiny's recipe].")
+@click.option("--pretrain-set", multiple=True, metavar="KEY=VALUE", help="Pre-training config override (repeatable).")
+@click.option("--finetune-set", multiple=True, metavar="KEY=VALUE", help="Fine-tuning config override (repeatable).")
+@click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
 @click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where table1.{json,md} go.")
-def main(out, settings, pretrain_videos, finetune_videos, val_videos, pretrain_steps, finetune_steps, threads,
-         pretrain_set, finetune_set, report_dir):
-    """Pre-train, fine-tune and score each setting, then write the report (see the module docstring)."""
+def main(out, pretrain_videos, train_videos, val_videos, pretrain_steps, finetune_steps, pretrain_set,
+         finetune_set, threads, report_dir):
+    for item in (*pretrain_set, *finetune_set):
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: write key=value (a vmae2.config field)")
     torch.set_num_threads(threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    finetune_sets = {}
-    for item in finetune_set:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: write key=value (a FinetuneConfig field)", param_hint="--finetune-set")
-        finetune_sets.update([item.split("=", 1)])
-    if finetune_steps:
-        finetune_sets["total_steps"] = finetune_steps
-    for name in settings or SETTINGS:
-        record_path = out / f"{name}.json"
-        if record_path.is_file():
-            continue
-        ratio = SETTINGS[name]
-        row = {"setting": name, "decoder_mask_ratio": ratio}
-        if ratio is not None:
-            row.update(pretrain_setting(out, name, ratio, pretrain_videos, pretrain_steps, list(pretrain_set)))
-        train_set = budget.render_set(budget.FINETUNE_SEED, finetune_videos, cache_dir=out)
-        val_set = budget.render_set(budget.VAL_SEED, val_videos, cache_dir=out)
-        init = str(Path(row["pretrain_run"]) / "pretrain_final.pt") if ratio is not None else ""
-        run_dir = out / f"finetune-{name}"
-        summary = done(run_dir) or budget.finetune_run(run_dir, train_set, val_set, num_classes=len(CLASSES),
-                                                       init=init, overrides=finetune_sets)
-        losses = [r["loss"] for r in budget.read_metrics(run_dir) if "loss" in r]
-        row.update({"finetune_run": str(run_dir), "finetune_steps": summary["steps"],
-                    "finetune_videos": finetune_videos, "val_videos": summary["result"]["num_videos"],
-                    "views": summary["result"]["views"], "top1": summary["result"]["top1"],
-                    "final_train_loss": losses[-1], "finetune_wall_s": summary["wall_s"], **budget.run_record()})
-        write_json_atomic(record_path, row, indent=2, sort_keys=False)
-        print(f"{name}: top-1 {row['top1']:.1f} %", flush=True)
-
-    waiting = [name for name in SETTINGS if not (out / f"{name}.json").is_file()]
-    if waiting:
-        # A report written now would change tracked files while other settings still run from this
-        # checkout, and their rows would be recorded as measured on a dirty tree.
-        print(f"the report waits for: {', '.join(waiting)} (run them with the same --out)")
-        return
-    rows = report_rows(out)
-    print(write_json_and_report(Path(report_dir) / "table1.json", {"rows": rows, "environment": environment()},
-                                report_text(rows)))
+    start = time.perf_counter()
+    data = shard_set(out, "pretrain", pretrain_videos, PRETRAIN_SEED, "glyph")
+    train = shard_set(out, "train", train_videos, TRAIN_SEED, "glyph")
+    val = shard_set(out, "val", val_videos, VAL_SEED, "glyph")
+    rows = {name: {} for name in SETTINGS}
+    for name in ("dual", "encoder-only"):
+        rows[name]["pretrain"] = pretrain(out, name, data, pretrain_steps, list(pretrain_set))
+        rows[name]["recon"] = recon(out, name, rows[name]["pretrain"]["run"], val)
+    for name in SETTINGS:
+        run = rows[name]["pretrain"]["run"] if name != "scratch" else None
+        rows[name]["probe"] = probe(out, name, run, train, val)
+        rows[name]["finetune"] = finetune(out, name, run, train, val, finetune_steps, list(finetune_set))
+        click.echo(f"{name}: probe glyph {rows[name]['probe']['glyph']['top1_plain']:.1f} %, fine-tuned "
+                   f"{rows[name]['finetune']['top1']:.1f} %")
+    stage_s = sum(stage.get("stage_wall_s", 0) for row in rows.values() for stage in row.values())
+    config = {"pretrain_videos": pretrain_videos, "train_videos": train_videos, "val_videos": val_videos,
+              "wall_s": max(stage_s, time.perf_counter() - start)}
+    env = environment()
+    click.echo(write_json_and_report(Path(report_dir) / "table1.json", {"rows": rows, "config": config, "env": env},
+                                     report_text(rows, config, env)))
 
 
 if __name__ == "__main__":
