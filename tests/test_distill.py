@@ -303,9 +303,12 @@ def test_a_student_distilled_without_labels_matches_its_teacher_on_held_out_clip
         make_synthetic(tmp_path / "held", HELD_OUT_CLIPS, kind="glyphs", label="motion", seed=22, num_frames=16,
                        width=48, height=48, progress=False, workers=2)
         unlabelled_copy(tmp_path / "train", tmp_path / "unlabelled")
+        # The per-patch normalised target this acceptance was set with (tiny's default is now pixels): from a
+        # pixel-target pre-training the teacher reached 83.8 % and the student agreed with it on 69 % of the
+        # held-out clips (one run), from this one 96.9 % and 90.6 %.
         run_pretrain("tiny", str(tmp_path / "train"), str(tmp_path / "pre"), steps=PRETRAIN_STEPS,
                      sets=as_sets({**CLIPS, "batch_videos_per_gpu": 8, "num_sample": 2,
-                                   "model.decoder_mask_ratio": 0.0}))
+                                   "model.decoder_mask_ratio": 0.0, "model.normalize_target": True}))
         run_finetune("tiny", str(tmp_path / "train"), str(tmp_path / "teacher"), init=str(tmp_path / "pre"),
                      steps=TEACHER_STEPS, sets=as_sets(RECIPE))
         (tmp_path / "recipe.json").write_text(json.dumps(RECIPE))

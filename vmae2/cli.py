@@ -215,15 +215,18 @@ def extract(weights, data, out, preset, window, step, frame_stride, size, compat
 
 @main.command()
 @click.option("--out", default="vmae2-demo", show_default=True, help="folder for shards, run and PNG")
-@click.option("--num-videos", type=int, default=64, show_default=True)
-@click.option("--steps", type=int, default=200, show_default=True)
+@click.option("--num-videos", type=int, default=64, show_default=True, help="glyph clips to pre-train on")
+@click.option("--held-out-videos", type=int, default=32, show_default=True,
+              help="glyph clips (another seed) the loss is scored on")
+@click.option("--steps", type=int, default=200, show_default=True, help="pre-training steps")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="pre-training config override")
-def demo(out, num_videos, steps, sets):
-    """CPU demo: synthetic shards → pre-training of `tiny` → reconstruction PNG."""
+def demo(out, num_videos, held_out_videos, steps, sets):
+    """CPU demo: glyph shards → pre-training of `tiny` → held-out loss against baselines → reconstruction PNG."""
     from .demo import run_demo
 
     with user_errors():
-        _print_summary(run_demo(out, num_videos=num_videos, steps=steps, sets=sets))
+        _print_summary(run_demo(out, num_videos=num_videos, steps=steps, sets=sets,
+                                held_out_videos=held_out_videos))
 
 
 @main.command()

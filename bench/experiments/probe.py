@@ -3,7 +3,7 @@ reconstruction loss next to the predictors that know nothing of the clip.
 
     clip_features(model, data, cfg)          pooled features of every clip of a shard set, by key
     fit_probe(x, y) / probe_accuracy(...)    L2-regularised logistic regression (its strength by cross-validation)
-    recon_baselines(model, data, cfg)        held-out loss of a pre-trained model vs the best constant patch and
+    recon_baselines (from vmae2.baselines)   held-out loss of a pre-trained model vs the best constant patch and
                                              the best patch per position, on the same clips and masks
 
 Everything reads the shards through the engine's own loaders (dali_pipes), as training does.
@@ -15,6 +15,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vmae2.baselines import recon_baselines  # noqa: F401  (re-exported for bench.experiments)
 
 VIEWS = ("plain", "mirrored", "reversed")   # mirrored: left-right flip; reversed: frames in reverse order
 
@@ -89,44 +91,3 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, l2_grid=(1e-4, 1e-
 def probe_predict(probe: dict, x: np.ndarray) -> np.ndarray:
     xs = torch.from_numpy((x - probe["mean"]) / probe["std"]).float()
     return (xs @ probe["weight"] + probe["bias"]).argmax(1).numpy()
-
-
-@torch.no_grad()
-def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) -> dict:
-    """Reconstruction loss of a pre-training model on held-out shards vs predictors that see no clip.
-
-    constant: the one normalised patch that is best on average over these loss tokens; per_position: the
-    best patch for each token position (the mean target there), fitted on these same clips, so it is an
-    optimistic baseline; zero: predicting the patch mean (1.0 by construction of the normalised target).
-    """
-    import dali_pipes
-    from vmae2.model import normalize_video, token_stats
-    from vmae2.tasks import sampling_config
-
-    model.eval()
-    losses, targets, positions = [], [], []
-    loader = dali_pipes.pretrain_loader(data, cfg.batch_videos_per_gpu, sampling_config(cfg), device="cpu",
-                                        seed=seed, num_threads=cfg.loader_threads)
-    try:
-        for batch, _ in zip(loader, range(batches)):
-            loss, _ = model(batch["video"], batch["masks"])
-            losses.append(float(loss))
-            pixels, _ = normalize_video(batch["video"])
-            patches = model.patchify(pixels)                                       # (B, N, 2pp, 3)
-            token_idx = torch.gather(batch["masks"]["query_idx"], 1, batch["masks"]["loss_idx"])
-            picked = torch.gather(patches, 1, token_idx[:, :, None, None].expand(-1, -1, *patches.shape[2:]))
-            if cfg.model.normalize_target:
-                mean, std = token_stats(picked)
-                picked = (picked - mean) / std
-            targets.append(picked.flatten(2))                                      # (B, N_loss, 2pp·3)
-            positions.append(token_idx)
-    finally:
-        loader.close()
-    target, where = torch.cat(targets), torch.cat(positions)
-    flat, flat_where = target.flatten(0, 1), where.flatten()
-    sums = torch.zeros(cfg.model.num_patches, flat.shape[1]).index_add_(0, flat_where, flat)
-    counts = torch.zeros(cfg.model.num_patches).index_add_(0, flat_where, torch.ones(len(flat_where)))
-    per_position = (flat - (sums / counts.clamp(min=1)[:, None])[flat_where]).pow(2).mean()
-    return {"model": float(np.mean(losses)), "constant": float((flat - flat.mean(0)).pow(2).mean()),
-            "per_position": float(per_position), "zero": float(flat.pow(2).mean()), "clips": int(target.shape[0]),
-            "loss_tokens": int(flat.shape[0])}
