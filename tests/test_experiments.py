@@ -8,6 +8,7 @@ bench/reports/cpu/table1.md.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -122,3 +123,16 @@ def test_the_held_out_reconstruction_baselines_on_a_model_that_knows_nothing(tmp
     assert result["model"] == pytest.approx(result["zero"], rel=1e-5)
     assert result["per_position"] <= result["constant"] <= result["zero"]
     assert result["clips"] == 8
+
+
+def test_the_smooth_image_check_trains_and_scores_against_the_clip_mean():
+    from bench.experiments.smooth import run, smooth_clips
+
+    clips = smooth_clips(2, 4, 112, torch.Generator().manual_seed(0))
+    assert clips.shape == (2, 4, 112, 112, 3) and clips.dtype == torch.uint8
+    assert torch.equal(clips[:, 0], clips[:, 3])                                  # static
+    steps = clips[:, 0].float().diff(dim=1).abs()
+    assert steps.mean() < 3 and clips.float().std() > 20                          # smooth, not flat
+    rows = run(steps=3, batch=2, lr=1e-3, mask_ratio=0.5, log_every=2)
+    assert [r["step"] for r in rows] == [2, 3]
+    assert all(math.isfinite(r["loss"]) and 0 < r["clip_mean"] < r["loss"] for r in rows)  # untrained: worse
