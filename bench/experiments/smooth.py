@@ -16,6 +16,7 @@ after 400 steps (ratio 1.02); see bench/reports/cpu/table1.md, "What we learned"
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import click
 import numpy as np
@@ -44,15 +45,16 @@ def clip_mean_loss(model, video: torch.Tensor, masks: dict) -> float:
 
 
 def run(steps: int, batch: int, lr: float, mask_ratio: float, preset: str = "tiny", log_every: int = 25,
-        seed: int = 0) -> list[dict]:
-    """Train `preset`'s pre-training model on smooth clips; the logged rows (step, loss, clip_mean, wall_s)."""
+        seed: int = 0) -> Iterator[dict]:
+    """Train `preset`'s pre-training model on smooth clips, yielding a row (step, loss, clip_mean, wall_s) every
+    `log_every` steps and at the last, as it goes."""
     import vmae2
 
     torch.manual_seed(seed)
     model = vmae2.build_pretrain_model(preset, encoder_mask_ratio=mask_ratio, normalize_target=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    cfg, rows, start = model.cfg, [], time.perf_counter()
+    cfg, start = model.cfg, time.perf_counter()
     for step in range(1, steps + 1):
         video = smooth_clips(batch, cfg.num_frames, cfg.img_size, generator)
         masks = {k: torch.from_numpy(v) for k, v in
@@ -62,9 +64,8 @@ def run(steps: int, batch: int, lr: float, mask_ratio: float, preset: str = "tin
         loss.backward()
         optimizer.step()
         if step % log_every == 0 or step == steps:
-            rows.append({"step": step, "loss": loss.item(), "clip_mean": clip_mean_loss(model, video, masks),
-                         "wall_s": time.perf_counter() - start})
-    return rows
+            yield {"step": step, "loss": loss.item(), "clip_mean": clip_mean_loss(model, video, masks),
+                   "wall_s": time.perf_counter() - start}
 
 
 @click.command(help=__doc__.split("\n\n")[0])
