@@ -13,9 +13,10 @@ import torch
 def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) -> dict:
     """Reconstruction loss of a pre-training model on held-out shards vs predictors that see no clip.
 
-    constant: the one normalised patch that is best on average over these loss tokens; per_position: the
-    best patch for each token position (the mean target there), fitted on these same clips, so it is an
-    optimistic baseline; zero: predicting the patch mean (1.0 by construction of the normalised target).
+    constant: the one target patch that is best on average over these loss tokens; per_position: the best
+    patch for each token position (the mean target there), fitted on these same clips, so it is an
+    optimistic baseline; zero: predicting 0 (with the normalised target that is each patch's own mean, 1.0 by
+    construction; with the pixel target, black). Targets are the model's own (cfg.model.normalize_target).
     """
     import dali_pipes
     from vmae2.model import normalize_video, token_stats
