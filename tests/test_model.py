@@ -7,6 +7,7 @@ import torch
 import vmae2
 from dali_pipes.masking import dual_masks
 from vmae2.model import Attention, sinusoid_table
+from vmae2.overrides import ConfigError
 
 
 def encoder_params(preset):
@@ -86,6 +87,32 @@ def test_sinusoid_table_formula():
         for j in range(16):
             angle = pos / 10000 ** (2 * (j // 2) / 16)
             assert table[pos, j] == pytest.approx(math.sin(angle) if j % 2 == 0 else math.cos(angle), abs=1e-6)
+
+
+def test_the_3d_table_is_a_time_part_then_a_row_part_then_a_column_part():
+    import dataclasses
+
+    from vmae2.config import PRESETS
+    from vmae2.model import factorised_sinusoid_table, position_table
+
+    tiny = PRESETS["tiny"].model
+    assert tiny.pos_embed == "1d" and torch.equal(position_table(tiny, 96), sinusoid_table(512, 96))
+    table = position_table(dataclasses.replace(tiny, pos_embed="3d"), 96)[0].view(8, 8, 8, 96)
+    assert torch.equal(table, factorised_sinusoid_table((8, 8, 8), 96)[0].view(8, 8, 8, 96))
+    # widths: rows and columns 2 * (96 // 6) = 32 each, time the other 32
+    assert torch.equal(table[5, 2, 6, :32], sinusoid_table(8, 32)[0, 5])
+    assert torch.equal(table[5, 2, 6, 32:64], sinusoid_table(8, 32)[0, 2])
+    assert torch.equal(table[5, 2, 6, 64:], sinusoid_table(8, 32)[0, 6])
+    # a token's spatial part is the same at every time step; its time part the same at every place
+    assert torch.equal(table[:, 3, 4, 32:], table[0, 3, 4, 32:].expand(8, -1))
+    assert torch.equal(table[1, :, :, :32], table[1, 0, 0, :32].expand(8, 8, -1))
+    wide = factorised_sinusoid_table((2, 3, 4), 1408)                # ViT-g's width: time 472, rows and columns 468
+    assert wide.shape == (1, 24, 1408) and torch.equal(wide[0, 0, 472:940], sinusoid_table(3, 468)[0, 0])
+    model = vmae2.build_pretrain_model("tiny", pos_embed="3d")
+    rows = model.encoder.pos_embed[0].view(8, 8, 8, 192)[:, 1, 1, 64:128]
+    assert torch.equal(rows, sinusoid_table(8, 64)[0, 1].expand(8, -1))
+    with pytest.raises(ConfigError, match=r"model.pos_embed='2d': choose 1d \(the published table\) or 3d"):
+        dataclasses.replace(tiny, pos_embed="2d")
 
 
 def test_attention_matches_explicit_formula():

@@ -247,6 +247,18 @@ def test_head_count_checked_against_the_saved_config(tmp_path):
         load_weights(tiny_pretrain(1), tmp_path / "w.pt")
 
 
+def test_the_position_table_is_checked_against_the_saved_config(tmp_path):
+    source = vmae2.build_pretrain_model("tiny", pos_embed="3d")
+    torch.save({"model": source.state_dict(), "config": {"model": dict(TINY_MODEL, pos_embed="3d")}}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"trained with the 3d position table, the model has 1d; build the model "
+                                         r"with --set model.pos_embed=3d"):
+        load_weights(tiny_pretrain(1), tmp_path / "w.pt")
+    load_weights(vmae2.build_pretrain_model("tiny", pos_embed="3d"), tmp_path / "w.pt")
+    torch.save({"model": tiny_pretrain(0).state_dict()}, tmp_path / "published.pth")    # no config: the 1d table
+    with pytest.raises(ValueError, match=r"trained with the 1d position table, the model has 3d"):
+        load_weights(vmae2.build_classifier("tiny", 10, pos_embed="3d"), tmp_path / "published.pth")
+
+
 def test_export_command(tmp_path):
     from click.testing import CliRunner
 

@@ -31,6 +31,7 @@ class ModelConfig:
     encoder_mask_ratio: float = 0.9  # tube masking: share of spatial positions removed
     decoder_mask_ratio: float = 0.5  # running-cell masking: share of tokens not decoded (0 = V1)
     normalize_target: bool = True    # loss on per-token normalised pixels (spec §4); False: on pixels in [0, 1]
+    pos_embed: str = "1d"            # fixed sin/cos table: 1d over the flat token index (published) | 3d (t, h, w)
     drop_path: float = 0.0           # stochastic depth at the last block (linear from 0)
     grad_checkpointing: bool = False  # activation checkpointing per block (H and g)
 
@@ -43,6 +44,8 @@ class ModelConfig:
             if getattr(self, width) % getattr(self, heads):
                 raise ConfigError(f"model.{width}={getattr(self, width)} is not divisible by "
                                   f"model.{heads}={getattr(self, heads)}")
+        if self.pos_embed not in ("1d", "3d"):
+            raise ConfigError(f"model.pos_embed={self.pos_embed!r}: choose 1d (the published table) or 3d")
         try:
             token_grid(self.num_frames, self.img_size, self.patch_size, self.tubelet_size)
         except ValueError as err:

@@ -31,6 +31,28 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.float().unsqueeze(0)
 
 
+def factorised_sinusoid_table(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """A 3-D sin/cos table (1, T·H·W, D): the concatenation of 1-D tables over time, rows and columns.
+
+    Not the published model's (it uses sinusoid_table over the flattened token index); `model.pos_embed=3d`
+    chooses it. A token's row and column parts do not depend on its time step, so a fixed spatial pattern is
+    one function of (row, column) shared by every time step. Widths: rows and columns 2·⌊D/6⌋ each, time the rest.
+    """
+    t, h, w = grid
+    d_space = 2 * (dim // 6)
+    parts = (sinusoid_table(t, dim - 2 * d_space)[0][:, None, None, :].expand(t, h, w, -1),
+             sinusoid_table(h, d_space)[0][None, :, None, :].expand(t, h, w, -1),
+             sinusoid_table(w, d_space)[0][None, None, :, :].expand(t, h, w, -1))
+    return torch.cat(parts, dim=-1).reshape(1, t * h * w, dim)
+
+
+def position_table(cfg: ModelConfig, dim: int) -> torch.Tensor:
+    """The fixed position table of width `dim` for cfg's token grid: cfg.pos_embed "1d" (published) or "3d"."""
+    if cfg.pos_embed == "3d":
+        return factorised_sinusoid_table(cfg.grid, dim)
+    return sinusoid_table(cfg.num_patches, dim)
+
+
 def trunc_normal_one_std_(tensor: torch.Tensor, std: float) -> torch.Tensor:
     """Normal(0, std) truncated at ±std, by inverse CDF in one pass: the published pre-training model's
     mask_token init (its trunc_normal_ wrapper passes a=-std, b=std). The classifier is initialised differently.
@@ -144,7 +166,7 @@ class Encoder(nn.Module):
         self.patch_embed = CubeEmbed(cfg.patch_size, cfg.tubelet_size, cfg.embed_dim)
         self.blocks = make_blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_hidden_dim, cfg.drop_path)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
-        self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, cfg.embed_dim), persistent=False)
+        self.register_buffer("pos_embed", position_table(cfg, cfg.embed_dim), persistent=False)
         xavier_init_linears(self)
 
     def forward(self, x: torch.Tensor, visible_idx: torch.Tensor) -> torch.Tensor:
@@ -164,7 +186,7 @@ class Decoder(nn.Module):
         self.blocks = make_blocks(dim, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_mlp_hidden_dim, 0.0)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, 3 * cfg.tubelet_size * cfg.patch_size ** 2)
-        self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, dim), persistent=False)
+        self.register_buffer("pos_embed", position_table(cfg, dim), persistent=False)
         xavier_init_linears(self)
 
     def forward(self, x: torch.Tensor, num_query: int) -> torch.Tensor:
@@ -243,7 +265,7 @@ class VideoClassifier(nn.Module):
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(cfg.embed_dim, num_classes)
-        self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, cfg.embed_dim), persistent=False)
+        self.register_buffer("pos_embed", position_table(cfg, cfg.embed_dim), persistent=False)
         # The published fine-tuning model's _init_weights: every Linear N(0, 0.02) through timm's trunc_normal_
         # with its default absolute bounds ±2 (100 std: in effect untruncated), biases 0; then the head
         # scaled by init_scale 0.001. The cube embedding's Conv3d keeps PyTorch's default there too.
