@@ -133,6 +133,7 @@ def test_the_smooth_image_check_trains_and_scores_against_the_clip_mean():
     assert torch.equal(clips[:, 0], clips[:, 3])                                  # static
     steps = clips[:, 0].float().diff(dim=1).abs()
     assert steps.mean() < 3 and clips.float().std() > 20                          # smooth, not flat
-    rows = list(run(steps=3, batch=2, lr=1e-3, mask_ratio=0.5, log_every=2))
-    assert [r["step"] for r in rows] == [2, 3]
-    assert all(math.isfinite(r["loss"]) and 0 < r["clip_mean"] < r["loss"] for r in rows)  # untrained: worse
+    for pos_embed in ("1d", "3d"):
+        rows = list(run(steps=3, batch=2, lr=1e-3, mask_ratio=0.5, log_every=2, pos_embed=pos_embed))
+        assert [r["step"] for r in rows] == [2, 3]
+        assert all(math.isfinite(r["loss"]) and 0 < r["clip_mean"] < r["loss"] for r in rows)  # untrained: worse

@@ -1,6 +1,6 @@
 """Does pre-training learn anything spatial at a given budget? The smooth-image check, in minutes, without DALI.
 
-    python -m bench.experiments.smooth [--steps 400] [--batch 8] [--lr 1e-3] [--mask-ratio 0.5]
+    python -m bench.experiments.smooth [--steps 400] [--batch 8] [--lr 1e-3] [--mask-ratio 0.5] [--pos-embed 1d]
 
 Clips are static smooth random images (a 4x4 grid of random colours, bicubically upsampled to the
 preset's crop, the same in every frame): what a masked patch holds follows from its visible
@@ -11,7 +11,8 @@ colour, which copying colour from the visible patches reaches). A model that has
 spatial goes clearly below that predictor; one that has learned colour sits on it.
 
 Measured with the defaults (2 idle CPU cores, 148 s): 0.0692 against the clip-mean predictor's 0.0675
-after 400 steps (ratio 1.02); see bench/reports/cpu/table1.md, "What we learned".
+after 400 steps (ratio 1.02); the ratio drops between steps 750 and 1,000 (0.53 at 1,000). With
+`--pos-embed 3d` it drops between 250 and 300 (0.44 at 400). See bench/reports/cpu/table1.md, "What we learned".
 """
 from __future__ import annotations
 
@@ -45,13 +46,14 @@ def clip_mean_loss(model, video: torch.Tensor, masks: dict) -> float:
 
 
 def run(steps: int, batch: int, lr: float, mask_ratio: float, preset: str = "tiny", log_every: int = 25,
-        seed: int = 0) -> Iterator[dict]:
+        seed: int = 0, pos_embed: str = "1d") -> Iterator[dict]:
     """Train `preset`'s pre-training model on smooth clips, yielding a row (step, loss, clip_mean, wall_s) every
     `log_every` steps and at the last, as it goes."""
     import vmae2
 
     torch.manual_seed(seed)
-    model = vmae2.build_pretrain_model(preset, encoder_mask_ratio=mask_ratio, normalize_target=False)
+    model = vmae2.build_pretrain_model(preset, encoder_mask_ratio=mask_ratio, normalize_target=False,
+                                       pos_embed=pos_embed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     cfg, start = model.cfg, time.perf_counter()
@@ -74,11 +76,13 @@ def run(steps: int, batch: int, lr: float, mask_ratio: float, preset: str = "tin
 @click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (constant).")
 @click.option("--mask-ratio", default=0.5, show_default=True, help="Encoder (tube) mask ratio.")
 @click.option("--preset", default="tiny", show_default=True, help="Model preset.")
+@click.option("--pos-embed", type=click.Choice(["1d", "3d"]), default="1d", show_default=True,
+              help="Position table: 1d over the flat token index (published) or 3d (time, row, column).")
 @click.option("--log-every", default=25, show_default=True, help="Print a row every this many steps.")
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
-def main(steps, batch, lr, mask_ratio, preset, log_every, threads):
+def main(steps, batch, lr, mask_ratio, preset, pos_embed, log_every, threads):
     torch.set_num_threads(threads)
-    for row in run(steps, batch, lr, mask_ratio, preset, log_every):
+    for row in run(steps, batch, lr, mask_ratio, preset, log_every, pos_embed=pos_embed):
         click.echo(f"step {row['step']:5d}  loss {row['loss']:.5f}  clip-mean predictor {row['clip_mean']:.5f}  "
                    f"ratio {row['loss'] / row['clip_mean']:.2f}  {row['wall_s']:.0f} s")
 
