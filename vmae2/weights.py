@@ -489,7 +489,7 @@ def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], name: s
                              + "; build the model with " + " ".join(f"--set model.{k}={saved[k]}" for k in heads))
         # Position tables leave no trace either; weights without a config (published, transformers) used 1d.
         table = saved.get("pos_embed", "1d")
-        if table != getattr(cfg, "pos_embed", "1d"):
+        if table != cfg.pos_embed:
             raise ValueError(f"{name}: the weights were trained with the {table} position table, the model has "
                              f"{cfg.pos_embed}; build the model with --set model.pos_embed={table}")
         return
