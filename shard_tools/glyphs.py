@@ -3,7 +3,8 @@
 What a label depends on is plainly in the pixels, so a model that learns shows it:
 
 - `glyph` (appearance): which digit, 0-9, drawn large (about 60 % of the frame height) with Pillow's own
-  font in one of many styles: stroke weight, slant, width, a small rotation, solid or outlined;
+  font in one of many styles: stroke weight, slant, width, a small rotation, solid or outlined (style
+  "varied", the packed sets'); style "plain" draws every digit upright in one weight;
 - `motion`: where it goes, one of left, right, up, down, at a steady speed that carries it about
   half the frame over the clip. A horizontal flip swaps left and right (FLIP_PAIRS); up and down
   stay.
@@ -27,6 +28,7 @@ GLYPH_HEIGHT = (0.5, 0.7)                   # glyph height as a share of the fra
 TRAVEL = (0.4, 0.6)                         # distance covered over the clip, as a share of the frame side
 GRADIENT = (0.15, 0.3)                      # background light change across the frame, of the 0-1 range
 MIN_CONTRAST = 0.35                         # least mean channel difference between glyph and background
+STYLES = ("varied", "plain")                # glyph drawing: random weight, slant, width, rotation, outline | upright
 
 
 def glyph_labels(seed: int, index: int) -> dict:
@@ -41,24 +43,28 @@ def _font(size_px: int):
     return ImageFont.load_default(size=size_px)   # Aileron, shipped inside Pillow (FreeType)
 
 
-def glyph_mask(rng: np.random.Generator, char: str, height_px: int) -> np.ndarray:
-    """float32 (h, w) coverage in [0, 1] of `char` drawn `height_px` tall in a random style.
+def glyph_mask(rng: np.random.Generator, char: str, height_px: int, style: str = "varied") -> np.ndarray:
+    """float32 (h, w) coverage in [0, 1] of `char` drawn `height_px` tall.
 
-    Style: stroke weight, slant (shear), width (x scale), rotation, and sometimes only the outline.
+    style "varied": a random stroke weight, slant (shear), width (x scale), rotation, and sometimes only
+    the outline. "plain": upright, one weight; it draws nothing from rng.
     """
     from PIL import Image, ImageDraw
 
+    if style not in STYLES:
+        raise ValueError(f"glyph style {style!r}: choose one of {', '.join(STYLES)}")
+    plain = style == "plain"
     size = max(8, int(height_px * 1.3))                     # font size whose digits are about height_px tall
     font = _font(size)
-    stroke = int(rng.integers(0, 4)) * max(1, size // 32)
+    stroke = (1 if plain else int(rng.integers(0, 4))) * max(1, size // 32)
     pad = size
     canvas = Image.new("L", (3 * size, 3 * size), 0)
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, pad), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
-    if rng.random() < 0.25 and stroke:                       # outlined: the stroke ring without the fill
+    if not plain and rng.random() < 0.25 and stroke:         # outlined: the stroke ring without the fill
         draw.text((pad, pad), char, fill=0, font=font)
-    shear, widen = rng.uniform(-0.3, 0.3), rng.uniform(0.8, 1.25)
-    angle = np.deg2rad(rng.uniform(-15, 15))
+    shear, widen = (0.0, 1.0) if plain else (rng.uniform(-0.3, 0.3), rng.uniform(0.8, 1.25))
+    angle = 0.0 if plain else np.deg2rad(rng.uniform(-15, 15))
     cos, sin = np.cos(angle), np.sin(angle)
     # inverse affine (output -> input) about the canvas centre: rotate · shear · widen
     forward = np.array([[cos, -sin], [sin, cos]]) @ np.array([[1, shear], [0, 1]]) @ np.diag([widen, 1])
@@ -106,16 +112,17 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_glyph_scene(seed: int, index: int, num_frames: int = 48, width: int = 128, height: int = 128,
-                       noise: float = 0.0) -> dict:
+                       noise: float = 0.0, style: str = "varied") -> dict:
     """Glyph clip `index` of `seed`: {"frames": uint8 (T, H, W, 3), "coverage": float32 (T, H, W) of the
     glyph, "labels": glyph_labels(...), "centres": (T, 2) glyph centre (x, y) in pixels}.
 
     noise: std of per-pixel Gaussian noise in grey levels (0 for the packed sets; a test of robustness).
+    style: how the digit is drawn (STYLES; glyph_mask).
     """
     labels = glyph_labels(seed, index)
     rng = np.random.default_rng([seed, index, 0x61F])
     background, colour = _colours(rng)
-    mask = glyph_mask(rng, GLYPHS[labels["glyph"]], int(rng.uniform(*GLYPH_HEIGHT) * height))
+    mask = glyph_mask(rng, GLYPHS[labels["glyph"]], int(rng.uniform(*GLYPH_HEIGHT) * height), style)
     h, w = mask.shape
     # light: a linear ramp of random direction whose change across the frame is GRADIENT
     angle = rng.uniform(0, 2 * np.pi)
