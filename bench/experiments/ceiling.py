@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.experiments.probe import standard_error
 from shard_tools.glyphs import GLYPHS, STYLES, render_glyph_scene
 
 TRAIN_SEED, HELD_OUT_SEED = 101, 303
@@ -101,7 +102,7 @@ def train_supervised(model: str, train: tuple, held_out: tuple, steps: int, lr: 
     held = top1(net, *held_out)
     return {"model": model, "labelled": len(labels), "steps": steps, "final_loss": loss.item(),
             "train_top1": top1(net, *train), "held_out_top1": held,
-            "held_out_se": 100 * math.sqrt(held / 100 * (1 - held / 100) / len(held_out[1])),
+            "held_out_se": standard_error(held, len(held_out[1])),
             "wall_s": time.perf_counter() - start}
 
 
