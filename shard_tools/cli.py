@@ -11,7 +11,7 @@ from shard_tools.info import format_info, format_mixture_info, info, mixture_inf
 from shard_tools.mixture import MixtureError, is_mixture_file
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, format_summary, pack
 from shard_tools.sources import LIST_FORMATS, SourceError
-from shard_tools.synth import KINDS, SYNTH_SIZES, make_synthetic
+from shard_tools.synth import GLYPH_STYLES, KINDS, SYNTH_SIZES, make_synthetic
 from shard_tools.transcode import ENCODERS, TranscodeError
 from shard_tools.verify import verify
 
@@ -165,6 +165,11 @@ def info_command(out, as_json):
 @click.option("--label", type=click.Choice(["glyph", "motion"]),
               default=None, help="Which label goes into the manifest [default: motion for scenes, glyph for "
                                  "glyphs]. Directional labels record their flip pairs.")
+@click.option("--style", type=click.Choice(GLYPH_STYLES), default="varied", show_default=True,
+              help="glyphs only: how the digits are drawn. varied: random stroke weight, slant, width, a small "
+                   "rotation, sometimes outlined; plain: upright in one weight (an easier appearance label: "
+                   "with 20 labelled clips per class a small CNN reaches about 46 % held-out on plain, 22 % on "
+                   "varied, bench/experiments/ceiling).")
 @click.option("--codec", type=click.Choice(list(ENCODERS)), default="vp9", show_default=True,
               help="Codec of the generated clips (vp9 decodes on DALI's CPU backend).")
 @click.option("--num-frames", type=int, default=None, help="Frames per clip [default: 64 scenes, 48 glyphs].")
@@ -173,7 +178,7 @@ def info_command(out, as_json):
 @click.option("--fps", type=int, default=25, show_default=True, help="Frames per second.")
 @click.option("--gop", type=int, default=16, show_default=True, help="Key-frame interval.")
 @_shard_options
-def synth_command(out, num_videos, kind, label, codec, num_frames, width, height, fps, gop, shard_size, prefix,
+def synth_command(out, num_videos, kind, label, style, codec, num_frames, width, height, fps, gop, shard_size, prefix,
                   workers, seed, no_progress):
     """Generate a synthetic dataset (--kind scenes or glyphs) and pack it into OUT."""
     size = SYNTH_SIZES[kind]
@@ -181,7 +186,7 @@ def synth_command(out, num_videos, kind, label, codec, num_frames, width, height
         summary = make_synthetic(out, num_videos, codec=codec, seed=seed, num_frames=num_frames or size[0],
                                  width=width or size[1], height=height or size[2], fps=fps, gop=gop,
                                  shard_size=shard_size, prefix=prefix, workers=workers,
-                                 progress=not no_progress, kind=kind, label=label)
+                                 progress=not no_progress, kind=kind, label=label, style=style)
     except (PackError, TranscodeError) as err:
         _fail(err)
     click.echo(format_summary(summary))

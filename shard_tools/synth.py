@@ -31,6 +31,7 @@ import numpy as np
 from shard_tools.files import write_bytes_atomic
 from shard_tools.format import MANIFEST_NAME, STAGING_DIR
 from shard_tools.glyphs import FLIP_PAIRS, GLYPHS, MOTIONS, glyph_labels, render_glyph_scene
+from shard_tools.glyphs import STYLES as GLYPH_STYLES
 from shard_tools.pack import DEFAULT_SHARD_SIZE, PackError, pack
 from shard_tools.pool import run_pool, worker_pool
 from shard_tools.transcode import ENCODERS, StreamWriter, check_encoder
@@ -225,12 +226,13 @@ def _sample_separable(canvas, row_y, col_x):
     return image.transpose(0, 2, 1, 3)
 
 
-def write_clip(path, seed, index, codec, num_frames, width, height, fps, gop, kind="scenes"):
-    """Render and encode one clip of `kind` (scenes, glyphs) to `path` (written atomically); skip when it exists."""
+def write_clip(path, seed, index, codec, num_frames, width, height, fps, gop, kind="scenes", style="varied"):
+    """Render and encode one clip of `kind` (scenes, glyphs; `style` for glyphs) to `path` (written atomically);
+    skip when it exists."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     if kind == "glyphs":
-        frames = render_glyph_scene(seed, index, num_frames, width, height)["frames"]
+        frames = render_glyph_scene(seed, index, num_frames, width, height, style=style)["frames"]
     else:
         frames = render_clip(seed, index, num_frames, width, height)[1]
     writer = StreamWriter(codec, fps, width, height, gop, quality=QUALITY.get(codec))
@@ -262,12 +264,13 @@ def synth_index(source):
 
 def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=160, height=128,
                    fps=25, gop=16, shard_size=DEFAULT_SHARD_SIZE, prefix="train", workers=1,
-                   progress=True, kind="scenes", label=None):
+                   progress=True, kind="scenes", label=None, style="varied"):
     """Generate `num_videos` clips of `kind` and pack them into OUT; returns pack's summary dict.
 
     scenes (the default, this module): the manifest's labels are CLASSES (motion) in order; clip i has label
     i % 8 before the shuffle. glyphs (shard_tools.glyphs): `label` "glyph" (GLYPHS, the default) or "motion"
-    (MOTIONS). Clip i's file is synth-{i:06d} (`synth_index`), `synth_labels(kind, seed, i)` gives all its
+    (MOTIONS), `style` how the digits are drawn (GLYPH_STYLES: "varied", the default, or "plain", upright in one
+    weight). Clip i's file is synth-{i:06d} (`synth_index`), `synth_labels(kind, seed, i)` gives all its
     labels. A directional label set records its flip pairs in the manifest.
     """
     if kind not in KINDS:
@@ -277,12 +280,18 @@ def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=16
         raise PackError(f"the scenes set is labelled by motion only (its shape kind is in synth_labels), not {label!r}")
     if label not in LABEL_SETS[kind]:
         raise PackError(f"label {label!r}: the {kind} set has labels {', '.join(LABEL_SETS[kind])}")
+    if style not in GLYPH_STYLES:
+        raise PackError(f"glyph style {style!r}: choose one of {', '.join(GLYPH_STYLES)}")
+    if kind != "glyphs" and style != "varied":
+        raise PackError(f"style {style!r} is a glyph style; the {kind} set has none (use --kind glyphs)")
     classes = LABEL_SETS[kind][label]
     check_encoder(codec)
     provenance = {"synth": {"version": 2, "num_videos": num_videos, "codec": codec, "num_frames": num_frames,
                             "width": width, "height": height, "fps": fps, "gop": gop}}
     if kind != "scenes":
         provenance["synth"].update(kind=kind, label=label)
+    if style != "varied":  # the varied sets' provenance stays as it was, so existing OUT folders still match
+        provenance["synth"]["style"] = style
     manifest_path = Path(out) / MANIFEST_NAME
     if manifest_path.is_file():  # fail before generating anything when OUT is another set
         recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["args"].get("provenance")
@@ -295,7 +304,7 @@ def make_synthetic(out, num_videos, codec="vp9", seed=0, num_frames=64, width=16
             (src / name).mkdir(parents=True, exist_ok=True)
         ext = ENCODERS[codec].ext
         tasks = [(str(src / classes[synth_labels(kind, seed, i)[label]] / f"synth-{i:06d}.{ext}"), seed, i, codec,
-                  num_frames, width, height, fps, gop, kind) for i in range(num_videos)]
+                  num_frames, width, height, fps, gop, kind, style) for i in range(num_videos)]
         with worker_pool(workers) as pool:
             run_pool(write_clip, tasks, pool, progress, "synthesise", unit="video",
                      bytes_of=lambda size: size)

@@ -14,7 +14,7 @@ from shard_tools.format import read_manifest
 from shard_tools.index import format_index, parse_index
 from shard_tools.info import info
 from shard_tools.pack import PackError, pack
-from shard_tools.synth import CLASSES, make_synthetic
+from shard_tools.synth import CLASSES, make_synthetic, synth_index
 from shard_tools.verify import verify
 
 
@@ -102,6 +102,43 @@ def test_synth_is_deterministic_balanced_and_decodes_on_dalis_cpu_backend(tmp_pa
     for i in range(8):
         meta = json.loads(bytes(np.array(metas.at(i))).decode("utf-8"))
         assert np.array(frames.at(i)).shape == (meta["num_frames"], 48, 64, 3) == (16, 48, 64, 3)
+
+
+def test_synth_style_plain_packs_the_plain_glyphs_and_records_the_style(tmp_path):
+    from nvidia.dali import fn, pipeline_def
+
+    from shard_tools.glyphs import render_glyph_scene
+
+    args = ["synth", "--kind", "glyphs", "--num-videos", "4", "--num-frames", "8", "--width", "32", "--height", "32",
+            "--codec", "mjpeg", "--no-progress"]
+    for style in ("plain", "varied"):
+        result = CliRunner().invoke(main, [*args, str(tmp_path / style), "--style", style])
+        assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "plain")
+    assert manifest["args"]["provenance"]["synth"]["style"] == "plain"
+    assert "style" not in read_manifest(tmp_path / "varied")["args"]["provenance"]["synth"]
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+    def decode(root):
+        shards = read_manifest(root)["shards"]
+        video, meta = fn.readers.webdataset(paths=[str(root / s["tar"]) for s in shards],
+                                            index_paths=[str(root / s["index"]) for s in shards],
+                                            ext=["avi", "json"])
+        return fn.decoders.video(video, device="cpu"), meta
+
+    for style in ("plain", "varied"):   # each decoded clip is nearer its own style's render than the other's
+        pipe = decode(tmp_path / style)
+        pipe.build()
+        frames, metas = pipe.run()
+        for i in range(4):
+            index = synth_index(json.loads(bytes(np.array(metas.at(i))).decode("utf-8"))["source"])
+            error = {s: np.abs(np.array(frames.at(i)).astype(float)
+                               - render_glyph_scene(0, index, 8, 32, 32, style=s)["frames"]).mean()
+                     for s in ("plain", "varied")}
+            assert error[style] < 8 and error[style] < error[{"plain": "varied", "varied": "plain"}[style]], error
+
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "scenes"), "--num-videos", "2", "--style", "plain"])
+    assert result.exit_code != 0 and "glyph style" in result.output
 
 
 def test_every_cli_command_and_option_has_help():
