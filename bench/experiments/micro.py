@@ -10,8 +10,10 @@ depth 2) at patch 6 with the factorised 3-D position table (a 4 x 8 x 8 token gr
     pretrain   dual masking (tube 0.9, running cell 0.5) on pixels, AdamW; the held-out loss next to the
                best constant patch and the best patch per position (training-clip means, the same masks)
     probe      logistic regression on the encoder's mean-pooled tokens (before any norm), L2 chosen by 5-fold
-               CV on the labelled clips, from the pre-training and from a random init; also with the
-               2,000 pre-training clips' labels, to ask whether the digit is in the features at all
+               CV on the labelled clips, from the pre-training and from a random init, for the digit and for
+               the motion (also scored on the held-out clips mirrored and played backwards, against the
+               motion they then show: a probe that reads motion keeps its score there); again with the
+               2,000 pre-training clips' labels, to ask whether a label is in the features at all
     finetune   the classifier (mean pooling, fc_norm, head) trained on the 200 labelled clips with layer decay
                and a random shift of up to 4 px, from the pre-training and from scratch, same recipe
 
@@ -32,10 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.experiments.ceiling import render
-from bench.experiments.probe import fit_probe, probe_predict, standard_error
+from bench.experiments.probe import VIEWS, fit_probe, probe_predict, standard_error
+from bench.experiments.table1 import LABELS, REVERSE_PAIRS
 from dali_pipes.masking import dual_masks
 from shard_tools.files import write_json_atomic
-from shard_tools.glyphs import GLYPHS
+from shard_tools.flipmap import flip_permutation
+from shard_tools.glyphs import FLIP_PAIRS, GLYPHS, MOTIONS, glyph_labels
 
 SPLITS = {"unlabelled": (101, 2000), "labelled": (202, 200), "held_out": (303, 400)}   # seed, default count
 SIZE, FRAMES, PATCH = 48, 8, 6
@@ -135,10 +139,32 @@ def pooled_tokens(net, videos: np.ndarray, batch: int = 50) -> np.ndarray:
     return np.concatenate(out)
 
 
-def probe(net, train: tuple, held_out: tuple) -> dict:
-    fitted = fit_probe(pooled_tokens(net, train[0]), train[1], len(GLYPHS))
-    top1 = 100 * float((probe_predict(fitted, pooled_tokens(net, held_out[0])) == held_out[1]).mean())
-    return {"top1": top1, "se": standard_error(top1, len(held_out[1])), "l2": fitted["l2"], "labelled": len(train[1])}
+def motion_labels(seed: int, count: int) -> np.ndarray:
+    return np.array([glyph_labels(seed, i)["motion"] for i in range(count)])
+
+
+def probe(net, train: tuple, held_out: tuple, train_seed: int, held_out_seed: int) -> dict:
+    """Linear probes for the glyph and the motion label; the motion probe is also scored on the held-out
+    clips mirrored and played backwards, against the motion they then show."""
+    features = pooled_tokens(net, train[0])
+    views = {"plain": held_out[0], "mirrored": held_out[0][:, :, :, ::-1], "reversed": held_out[0][:, ::-1]}
+    held = {view: pooled_tokens(net, np.ascontiguousarray(clips)) for view, clips in views.items()}
+    result = {}
+    for label, y, y_held in (("glyph", train[1], held_out[1]),
+                             ("motion", motion_labels(train_seed, len(train[1])),
+                              motion_labels(held_out_seed, len(held_out[1])))):
+        fitted = fit_probe(features, y, len(LABELS[label]))
+        row = {"l2": fitted["l2"], "labelled": len(y)}
+        for view in VIEWS if label == "motion" else ("plain",):
+            expected = y_held
+            if view != "plain":
+                pairs = FLIP_PAIRS if view == "mirrored" else REVERSE_PAIRS
+                expected = np.array(flip_permutation(pairs, list(MOTIONS)))[y_held]
+            top1 = 100 * float((probe_predict(fitted, held[view]) == expected).mean())
+            row[view] = {"top1": top1, "se": standard_error(top1, len(expected))}
+        row.update(row["plain"])
+        result[label] = row
+    return result
 
 
 def shifted(videos: torch.Tensor, rng: np.random.Generator, pixels: int) -> torch.Tensor:
@@ -241,10 +267,10 @@ def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pr
     state = torch.load(weights)
     for init in ("pretrained", "random"):
         start = state if init == "pretrained" else None
-        rows[f"probe_{init}"] = stage(out, f"probe_{init}", lambda: probe(classifier(start), data["labelled"],
-                                                                           data["held_out"]))
+        rows[f"probe_{init}"] = stage(out, f"probe_{init}", lambda: probe(
+            classifier(start), data["labelled"], data["held_out"], SPLITS["labelled"][0], SPLITS["held_out"][0]))
         rows[f"probe_all_{init}"] = stage(out, f"probe_all_{init}", lambda: probe(
-            classifier(start), data["unlabelled"], data["held_out"]))
+            classifier(start), data["unlabelled"], data["held_out"], SPLITS["unlabelled"][0], SPLITS["held_out"][0]))
         rows[f"finetune_{init}"] = stage(out, f"finetune_{init}", lambda: finetune(
             classifier(start), data["labelled"], data["held_out"], finetune_steps, finetune_lr, layer_decay))
     recon = rows["pretrain"]["held_out"]
@@ -255,9 +281,16 @@ def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pr
              f"({recon['ratio_to_per_position']:.2f}x)"]
     for kind, title in (("probe", f"probe, {labelled} labels"), ("probe_all", f"probe, {unlabelled} labels"),
                         ("finetune", f"fine-tuned on {labelled} labels")):
-        a, b = rows[f"{kind}_pretrained"], rows[f"{kind}_random"]
-        lines.append(f"{title}: pre-trained {a['top1']:.1f} ± {a['se']:.1f} %, random init {b['top1']:.1f} ± "
-                     f"{b['se']:.1f} %, {versus(a, b)} (chance {100 / len(GLYPHS):.0f} %)")
+        for label in ("glyph",) if kind == "finetune" else LABELS:
+            a, b = rows[f"{kind}_pretrained"], rows[f"{kind}_random"]
+            if kind != "finetune":
+                a, b = a[label], b[label]
+            line = (f"{title}, {label}: pre-trained {a['top1']:.1f} ± {a['se']:.1f} %, random init {b['top1']:.1f} ± "
+                    f"{b['se']:.1f} %, {versus(a, b)} (chance {100 / len(LABELS[label]):.0f} %)")
+            if label == "motion":
+                line += (f"; mirrored {a['mirrored']['top1']:.1f} / {b['mirrored']['top1']:.1f}, reversed "
+                         f"{a['reversed']['top1']:.1f} / {b['reversed']['top1']:.1f}")
+            lines.append(line)
     write_json_atomic(out / "result.json", rows, indent=2, sort_keys=False)
     click.echo("\n".join(lines))
 
