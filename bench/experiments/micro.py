@@ -33,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.env import environment, write_json_and_report
 from bench.experiments.ceiling import render
 from bench.experiments.probe import VIEWS, fit_probe, probe_predict, standard_error
-from bench.experiments.table1 import LABELS, REVERSE_PAIRS
+from bench.experiments.table1 import LABELS, REPORT_DIR, REVERSE_PAIRS
 from dali_pipes.masking import dual_masks
 from shard_tools.files import write_json_atomic
 from shard_tools.flipmap import flip_permutation
@@ -227,6 +228,7 @@ def stage(out: Path, name: str, compute) -> dict:
 
 
 def versus(a: dict, b: dict) -> str:
+    """a's top-1 minus b's, with the difference's standard error and the difference in standard errors."""
     diff, se = a["top1"] - b["top1"], math.hypot(a["se"], b["se"])
     return f"{diff:+.1f} ± {se:.1f} ({diff / se:+.1f} SE)"
 
@@ -244,8 +246,9 @@ def versus(a: dict, b: dict) -> str:
 @click.option("--finetune-lr", default=1e-3, show_default=True, help="Fine-tuning peak lr (the head's).")
 @click.option("--layer-decay", default=0.5, show_default=True, help="Fine-tuning lr scale per layer down.")
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
+@click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where micro.{json,md} go.")
 def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pretrain_lr, finetune_steps,
-         finetune_lr, layer_decay, threads):
+         finetune_lr, layer_decay, threads, report_dir):
     torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,26 +276,52 @@ def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pr
             classifier(start), data["unlabelled"], data["held_out"], SPLITS["unlabelled"][0], SPLITS["held_out"][0]))
         rows[f"finetune_{init}"] = stage(out, f"finetune_{init}", lambda: finetune(
             classifier(start), data["labelled"], data["held_out"], finetune_steps, finetune_lr, layer_decay))
-    recon = rows["pretrain"]["held_out"]
-    pre = rows["pretrain"]
-    lines = [f"pre-training: {pretrain_steps} steps in {pre['wall_s']:.0f} s, loss {pre['first_loss']:.4f} -> "
-             f"{pre['last_loss']:.4f}; held-out {recon['model']:.4f} "
-             f"against the constant's {recon['constant']:.4f} and per-position {recon['per_position']:.4f} "
-             f"({recon['ratio_to_per_position']:.2f}x)"]
-    for kind, title in (("probe", f"probe, {labelled} labels"), ("probe_all", f"probe, {unlabelled} labels"),
-                        ("finetune", f"fine-tuned on {labelled} labels")):
+    config = {"unlabelled": unlabelled, "labelled": labelled, "held_out": held_out, "pretrain_steps": pretrain_steps,
+              "pretrain_batch": pretrain_batch, "pretrain_lr": pretrain_lr, "finetune_steps": finetune_steps,
+              "finetune_lr": finetune_lr, "layer_decay": layer_decay, "threads": threads}
+    env = environment()
+    click.echo(write_json_and_report(Path(report_dir) / "micro.json", {"rows": rows, "config": config, "env": env},
+                                     report_text(rows, config, env)))
+
+
+def report_text(rows: dict, config: dict, env: dict) -> str:
+    pre, recon = rows["pretrain"], rows["pretrain"]["held_out"]
+    lines = ["# Does masked pre-training teach tiny's ViT the digit? (in memory, 8x48x48)", "",
+             f"tiny's widths at patch 6 with the 3-D position table, on the plain glyph set rendered in memory: "
+             f"{config['unlabelled']} unlabelled clips, {config['labelled']} labelled ones "
+             f"({config['labelled'] // len(GLYPHS)} per digit), {config['held_out']} held-out ones for every score. "
+             "± is the binomial standard error over the held-out clips; a difference's ± combines both. "
+             "Pre-trained and random init share every other setting.", "",
+             f"    {env['command']}", "",
+             f"{env['cpu']} ({env['cpu_count']} cores, {config['threads']} threads), torch {env['torch']}, commit "
+             f"`{env['git_commit']}`{' (dirty tree)' if env.get('git_dirty') else ''}, {env['time_utc']}.", "",
+             f"Pre-training: dual masking, {config['pretrain_steps']} steps of {config['pretrain_batch']} clips, "
+             f"peak lr {config['pretrain_lr']:g}, {pre['wall_s']:.0f} s; train loss {pre['first_loss']:.4f} → "
+             f"{pre['last_loss']:.4f}. Held-out: {recon['model']:.4f}, against the best constant patch "
+             f"{recon['constant']:.4f} and the best patch per position {recon['per_position']:.4f} "
+             f"({recon['ratio_to_per_position']:.2f}x).", "",
+             "| measure | label | pre-trained | random init | difference | mirrored (pre / rand) "
+             "| reversed (pre / rand) |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, title in (("probe", f"linear probe, {config['labelled']} labels"),
+                        ("probe_all", f"linear probe, {config['unlabelled']} labels"),
+                        ("finetune", f"fine-tuned on {config['labelled']} labels")):
         for label in ("glyph",) if kind == "finetune" else LABELS:
             a, b = rows[f"{kind}_pretrained"], rows[f"{kind}_random"]
             if kind != "finetune":
                 a, b = a[label], b[label]
-            line = (f"{title}, {label}: pre-trained {a['top1']:.1f} ± {a['se']:.1f} %, random init {b['top1']:.1f} ± "
-                    f"{b['se']:.1f} %, {versus(a, b)} (chance {100 / len(LABELS[label]):.0f} %)")
+            views = ["–", "–"]
             if label == "motion":
-                line += (f"; mirrored {a['mirrored']['top1']:.1f} / {b['mirrored']['top1']:.1f}, reversed "
-                         f"{a['reversed']['top1']:.1f} / {b['reversed']['top1']:.1f}")
-            lines.append(line)
-    write_json_atomic(out / "result.json", rows, indent=2, sort_keys=False)
-    click.echo("\n".join(lines))
+                views = [f"{a[view]['top1']:.1f} / {b[view]['top1']:.1f}" for view in ("mirrored", "reversed")]
+            lines.append(f"| {title} | {label} (chance {100 / len(LABELS[label]):.0f} %) | {a['top1']:.1f} ± "
+                         f"{a['se']:.1f} | {b['top1']:.1f} ± {b['se']:.1f} | {versus(a, b)} | {' | '.join(views)} |")
+    ft = rows["finetune_pretrained"], rows["finetune_random"]
+    lines += ["", f"Fine-tuning: {config['finetune_steps']} steps of 32 clips, peak lr {config['finetune_lr']:g}, "
+              f"layer decay {config['layer_decay']:g}, shift ±4 px; train top-1 {ft[0]['train_top1']:.0f} % "
+              f"(pre-trained) and {ft[1]['train_top1']:.0f} % (random init). Mirrored and reversed: the held-out clips "
+              "flipped left-right or played backwards, scored against the motion they then show; a probe that reads "
+              "the motion keeps its score there."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
