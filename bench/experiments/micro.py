@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.env import environment, write_json_and_report
-from bench.experiments.ceiling import render
+from bench.experiments import table1
+from bench.experiments.ceiling import render, top1
 from bench.experiments.probe import VIEWS, fit_probe, probe_predict, standard_error
-from bench.experiments.table1 import LABELS, REPORT_DIR, REVERSE_PAIRS
 from dali_pipes.masking import dual_masks
 from shard_tools.files import write_json_atomic
 from shard_tools.flipmap import flip_permutation
@@ -155,12 +155,12 @@ def probe(net, train: tuple, held_out: tuple, train_seed: int, held_out_seed: in
     for label, y, y_held in (("glyph", train[1], held_out[1]),
                              ("motion", motion_labels(train_seed, len(train[1])),
                               motion_labels(held_out_seed, len(held_out[1])))):
-        fitted = fit_probe(features, y, len(LABELS[label]))
+        fitted = fit_probe(features, y, len(table1.LABELS[label]))
         row = {"l2": fitted["l2"], "labelled": len(y)}
         for view in VIEWS if label == "motion" else ("plain",):
             expected = y_held
             if view != "plain":
-                pairs = FLIP_PAIRS if view == "mirrored" else REVERSE_PAIRS
+                pairs = FLIP_PAIRS if view == "mirrored" else table1.REVERSE_PAIRS
                 expected = np.array(flip_permutation(pairs, list(MOTIONS)))[y_held]
             top1 = 100 * float((probe_predict(fitted, held[view]) == expected).mean())
             row[view] = {"top1": top1, "se": standard_error(top1, len(expected))}
@@ -178,15 +178,6 @@ def shifted(videos: torch.Tensor, rng: np.random.Generator, pixels: int) -> torc
     for b, (dy, dx) in enumerate(rng.integers(0, 2 * pixels + 1, (B, 2))):
         out[b] = padded[b, :, :, dy:dy + H, dx:dx + W].permute(0, 2, 3, 1).to(videos.dtype)
     return out
-
-
-@torch.no_grad()
-def top1(net, videos: np.ndarray, labels: np.ndarray, batch: int = 50) -> float:
-    net.eval()
-    pred = np.concatenate([net(torch.from_numpy(videos[i:i + batch])).argmax(1).numpy()
-                           for i in range(0, len(videos), batch)])
-    net.train()
-    return 100 * float((pred == labels).mean())
 
 
 def finetune(net, train: tuple, held_out: tuple, steps: int, lr: float, layer_decay: float, batch: int = 32,
@@ -230,8 +221,7 @@ def stage(out: Path, name: str, compute) -> dict:
 
 def versus(a: dict, b: dict) -> str:
     """a's top-1 minus b's, with the difference's standard error and the difference in standard errors."""
-    diff, se = a["top1"] - b["top1"], math.hypot(a["se"], b["se"])
-    return f"{diff:+.1f} ± {se:.1f} ({diff / se:+.1f} SE)"
+    return table1.versus(a["top1"], a["se"], b["top1"], b["se"])
 
 
 @click.command(help=__doc__.split("\n\n")[0])
@@ -247,7 +237,7 @@ def versus(a: dict, b: dict) -> str:
 @click.option("--finetune-lr", default=1e-3, show_default=True, help="Fine-tuning peak lr (the head's).")
 @click.option("--layer-decay", default=0.5, show_default=True, help="Fine-tuning lr scale per layer down.")
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
-@click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where micro.{json,md} go.")
+@click.option("--report-dir", default=str(table1.REPORT_DIR), show_default=True, help="Where micro.{json,md} go.")
 def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pretrain_lr, finetune_steps,
          finetune_lr, layer_decay, threads, report_dir):
     torch.set_num_threads(threads)
@@ -307,14 +297,14 @@ def report_text(rows: dict, config: dict, env: dict) -> str:
     for kind, title in (("probe", f"linear probe, {config['labelled']} labels"),
                         ("probe_all", f"linear probe, {config['unlabelled']} labels"),
                         ("finetune", f"fine-tuned on {config['labelled']} labels")):
-        for label in ("glyph",) if kind == "finetune" else LABELS:
+        for label in ("glyph",) if kind == "finetune" else table1.LABELS:
             a, b = rows[f"{kind}_pretrained"], rows[f"{kind}_random"]
             if kind != "finetune":
                 a, b = a[label], b[label]
             views = ["–", "–"]
             if label == "motion":
                 views = [f"{a[view]['top1']:.1f} / {b[view]['top1']:.1f}" for view in ("mirrored", "reversed")]
-            lines.append(f"| {title} | {label} (chance {100 / len(LABELS[label]):.0f} %) | {a['top1']:.1f} ± "
+            lines.append(f"| {title} | {label} (chance {100 / len(table1.LABELS[label]):.0f} %) | {a['top1']:.1f} ± "
                          f"{a['se']:.1f} | {b['top1']:.1f} ± {b['se']:.1f} | {versus(a, b)} | {' | '.join(views)} |")
     ft = rows["finetune_pretrained"], rows["finetune_random"]
     lines += ["", f"Fine-tuning: {config['finetune_steps']} steps of 32 clips, peak lr {config['finetune_lr']:g}, "
