@@ -35,6 +35,7 @@ from shard_tools.files import write_json_atomic
 from shard_tools.flipmap import flip_permutation
 from shard_tools.glyphs import FLIP_PAIRS, GLYPHS, MOTIONS
 from shard_tools.synth import make_synthetic, synth_index, synth_labels
+from vmae2.overrides import parse_set_args
 
 REPORT_DIR = Path(__file__).resolve().parent.parent / "reports" / "cpu"
 PRETRAIN_SEED, TRAIN_SEED, VAL_SEED = 0, 1, 2
@@ -101,13 +102,14 @@ def recon(out: Path, name: str, run: str, val: Path) -> dict:
     return record(out / f"recon-{name}.json", compute)
 
 
-def classifier_of(run: str | None, num_classes: int):
-    """tiny's classifier with the pre-trained encoder of `run` (None: a fixed random init)."""
+def classifier_of(run: str | None, num_classes: int, model_sets: dict | None = None):
+    """tiny's classifier with the pre-trained encoder of `run` (None: a fixed random init), its architecture
+    changed by `model_sets` ({"model.key": value}, the pre-training's --pretrain-set model keys)."""
     from vmae2.config import finetune_config
     from vmae2.model import VideoClassifier
     from vmae2.weights import load_weights
 
-    cfg = finetune_config("tiny", None, {"device": "cpu", "loader_threads": 2})
+    cfg = finetune_config("tiny", None, {"device": "cpu", "loader_threads": 2, **(model_sets or {})})
     torch.manual_seed(0)
     model = VideoClassifier(cfg.model, num_classes, drop_path=0.0)
     if run is not None:
@@ -115,11 +117,11 @@ def classifier_of(run: str | None, num_classes: int):
     return model, cfg
 
 
-def probe(out: Path, name: str, run: str | None, train: Path, val: Path) -> dict:
+def probe(out: Path, name: str, run: str | None, train: Path, val: Path, model_sets: dict | None = None) -> dict:
     """Linear probes (glyph, motion) on frozen features of the labelled clips, scored on the held-out ones;
-    both labels come from the generator, by clip key."""
+    both labels come from the generator, by clip key. model_sets: as classifier_of."""
     def compute():
-        model, cfg = classifier_of(run, len(GLYPHS))
+        model, cfg = classifier_of(run, len(GLYPHS), model_sets)
         feats = {split: clip_features(model, str(path), cfg, views=VIEWS if split == "val" else ("plain",))
                  for split, path in (("train", train), ("val", val))}
         result = {}
@@ -251,12 +253,14 @@ def main(out, pretrain_videos, train_videos, val_videos, pretrain_steps, finetun
     train = shard_set(out, "train", train_videos, TRAIN_SEED, "glyph")
     val = shard_set(out, "val", val_videos, VAL_SEED, "glyph")
     rows = {name: {} for name in SETTINGS}
+    # the probes' classifier takes the pre-training's architecture (fine-tuning takes --finetune-set's)
+    model_sets = {key: value for key, value in parse_set_args(pretrain_set).items() if key.startswith("model.")}
     for name in ("dual", "encoder-only"):
         rows[name]["pretrain"] = pretrain(out, name, data, pretrain_steps, list(pretrain_set))
         rows[name]["recon"] = recon(out, name, rows[name]["pretrain"]["run"], val)
     for name in SETTINGS:
         run = rows[name]["pretrain"]["run"] if name != "scratch" else None
-        rows[name]["probe"] = probe(out, name, run, train, val)
+        rows[name]["probe"] = probe(out, name, run, train, val, model_sets)
         rows[name]["finetune"] = finetune(out, name, run, train, val, finetune_steps, list(finetune_set))
         click.echo(f"{name}: probe glyph {rows[name]['probe']['glyph']['top1_plain']:.1f} %, fine-tuned "
                    f"{rows[name]['finetune']['top1']:.1f} %")
