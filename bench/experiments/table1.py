@@ -46,9 +46,9 @@ LABELS = {"glyph": GLYPHS, "motion": MOTIONS}
 REVERSE_PAIRS = (("left", "right"), ("up", "down"))
 
 
-def shard_set(out: Path, name: str, videos: int, seed: int, label: str) -> Path:
+def shard_set(out: Path, name: str, videos: int, seed: int, label: str, style: str = "plain") -> Path:
     path = out / "data" / name
-    make_synthetic(path, videos, kind="glyphs", label=label, seed=seed, progress=False)
+    make_synthetic(path, videos, kind="glyphs", label=label, seed=seed, progress=False, style=style)
     return path
 
 
@@ -64,7 +64,6 @@ def record(path: Path, compute) -> dict:
 
 
 def pretrain(out: Path, name: str, data: Path, steps: int | None, sets: list[str]) -> dict:
-    from vmae2.config import PRESETS
     from vmae2.flops import pretrain_flops
     from vmae2.train import run_pretrain
 
@@ -76,11 +75,18 @@ def pretrain(out: Path, name: str, data: Path, steps: int | None, sets: list[str
                                sets=["device=cpu", "tensorboard=false", f"model.decoder_mask_ratio={ratio}", *sets])
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in rows if "loss" in r]
-        return {"run": str(run_dir), "steps": summary["steps"], "wall_s": summary["wall_s"],
+        model = pretrain_config_of(str(run_dir)).model
+        return {"model": model_text(model), "run": str(run_dir), "steps": summary["steps"], "wall_s": summary["wall_s"],
                 "first_loss": losses[0], "last_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
-                "gflops_per_clip": pretrain_flops(PRESETS["tiny"].model, ratio)["total"] / 1e9}
+                "gflops_per_clip": pretrain_flops(model, ratio)["total"] / 1e9}
 
     return record(out / f"pretrain-{name}.json", run)
+
+
+def model_text(model) -> str:
+    """How a report names the model's size: 16x112x112, patch 14, 1-D position table."""
+    return (f"{model.num_frames}x{model.img_size}x{model.img_size}, patch {model.patch_size}, "
+            f"{model.pos_embed.upper()} position table")
 
 
 def pretrain_config_of(run: str):
@@ -181,7 +187,8 @@ def versus(a: float, a_se: float, b: float, b_se: float) -> str:
 def report_text(rows: dict, config: dict, env: dict) -> str:
     chance = {label: 100 / len(classes) for label, classes in LABELS.items()}
     lines = ["# Table 1 on a CPU: dual masking vs encoder-only masking vs no pre-training", "",
-             f"`tiny` (16x112x112, patch 14) on the glyph set (`vmae2-shard synth --kind glyphs`, VP9): "
+             f"`tiny` ({rows['dual']['pretrain'].get('model', '16x112x112, patch 14, 1D position table')}) on the "
+             f"glyph set (`vmae2-shard synth --kind glyphs --style {config.get('style', 'varied')}`, VP9): "
              f"{config['pretrain_videos']} unlabelled clips for pre-training, {config['train_videos']} labelled clips "
              f"({config['train_videos'] // len(GLYPHS)} per glyph class) for the probes and fine-tuning, "
              f"{config['val_videos']} held-out clips for every score; three disjoint seeds. Chance: glyph "
@@ -235,13 +242,15 @@ def report_text(rows: dict, config: dict, env: dict) -> str:
 @click.option("--pretrain-videos", default=400, show_default=True, help="Unlabelled pre-training clips (seed 0).")
 @click.option("--train-videos", default=200, show_default=True, help="Labelled clips (seed 1), balanced over glyphs.")
 @click.option("--val-videos", default=400, show_default=True, help="Held-out clips (seed 2).")
+@click.option("--style", default="plain", show_default=True, type=click.Choice(["plain", "varied"]),
+              help="How the digits are drawn (vmae2-shard synth --style): plain, upright in one weight, or varied.")
 @click.option("--pretrain-steps", default=None, type=int, help="Pre-training steps [default: tiny's recipe].")
 @click.option("--finetune-steps", default=None, type=int, help="Fine-tuning steps [default: tiny's recipe].")
 @click.option("--pretrain-set", multiple=True, metavar="KEY=VALUE", help="Pre-training config override (repeatable).")
 @click.option("--finetune-set", multiple=True, metavar="KEY=VALUE", help="Fine-tuning config override (repeatable).")
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
 @click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where table1.{json,md} go.")
-def main(out, pretrain_videos, train_videos, val_videos, pretrain_steps, finetune_steps, pretrain_set,
+def main(out, pretrain_videos, train_videos, val_videos, style, pretrain_steps, finetune_steps, pretrain_set,
          finetune_set, threads, report_dir):
     for item in (*pretrain_set, *finetune_set):
         if "=" not in item:
@@ -249,9 +258,9 @@ def main(out, pretrain_videos, train_videos, val_videos, pretrain_steps, finetun
     torch.set_num_threads(threads)
     out = Path(out)
     start = time.perf_counter()
-    data = shard_set(out, "pretrain", pretrain_videos, PRETRAIN_SEED, "glyph")
-    train = shard_set(out, "train", train_videos, TRAIN_SEED, "glyph")
-    val = shard_set(out, "val", val_videos, VAL_SEED, "glyph")
+    data = shard_set(out, "pretrain", pretrain_videos, PRETRAIN_SEED, "glyph", style)
+    train = shard_set(out, "train", train_videos, TRAIN_SEED, "glyph", style)
+    val = shard_set(out, "val", val_videos, VAL_SEED, "glyph", style)
     rows = {name: {} for name in SETTINGS}
     # the probes' classifier takes the pre-training's architecture (fine-tuning takes --finetune-set's)
     model_sets = {key: value for key, value in parse_set_args(pretrain_set).items() if key.startswith("model.")}
@@ -265,7 +274,7 @@ def main(out, pretrain_videos, train_videos, val_videos, pretrain_steps, finetun
         click.echo(f"{name}: probe glyph {rows[name]['probe']['glyph']['top1_plain']:.1f} %, fine-tuned "
                    f"{rows[name]['finetune']['top1']:.1f} %")
     stage_s = sum(stage.get("stage_wall_s", 0) for row in rows.values() for stage in row.values())
-    config = {"pretrain_videos": pretrain_videos, "train_videos": train_videos, "val_videos": val_videos,
+    config = {"style": style, "pretrain_videos": pretrain_videos, "train_videos": train_videos, "val_videos": val_videos,
               "wall_s": max(stage_s, time.perf_counter() - start)}
     env = environment()
     click.echo(write_json_and_report(Path(report_dir) / "table1.json", {"rows": rows, "config": config, "env": env},
