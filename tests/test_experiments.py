@@ -43,6 +43,14 @@ def test_labels_by_key_are_the_generators():
     assert table1.labels_of(keys, 1, "motion").tolist() == [0, 1]                  # clip i moves MOTIONS[i % 4]
 
 
+def test_table1_probes_the_encoder_at_the_pre_training_model_size():
+    sets = {"model.img_size": "48", "model.patch_size": "6", "model.num_frames": "8", "model.pos_embed": "3d"}
+    model, cfg = table1.classifier_of(None, 10, sets)
+    assert cfg.model.grid == (4, 8, 8) and model.pos_embed.shape == (1, 256, cfg.model.embed_dim)
+    assert table1.model_text(cfg.model) == "8x48x48, patch 6, 3D position table"
+    assert table1.classifier_of(None, 10)[1].model.grid == (8, 8, 8)                 # tiny as packed
+
+
 @pytest.fixture(scope="module")
 def table1_run(tmp_path_factory):
     out, reports = tmp_path_factory.mktemp("t1"), tmp_path_factory.mktemp("reports")
