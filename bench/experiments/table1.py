@@ -2,8 +2,10 @@
 
     python -m bench.experiments.table1 --out /tmp/vmae2-table1
 
-On the learnable glyph set (`vmae2-shard synth --kind glyphs`: a digit moving left, right, up or down over a
-plain background; VP9 shards, three disjoint seeds), with `tiny` and its own recipes:
+On the learnable glyph set (`vmae2-shard synth --kind glyphs`, `--style plain` by default: a digit moving left,
+right, up or down over a plain background; VP9 shards, three disjoint seeds), with `tiny` and its own recipes,
+or another size and recipe through `--pretrain-set`/`--finetune-set` (the probes take the pre-training's
+`model.*` keys; bench/reports/cpu/table1.md names the command it ran):
 
     pre-train   dual masking (decoder ratio 0.5) and encoder-only masking (0, VideoMAE V1) on unlabelled clips,
                 `vmae2-train pretrain`'s loop and DALI loader; wall time and GFLOPs per clip; the held-out
@@ -84,7 +86,7 @@ def pretrain(out: Path, name: str, data: Path, steps: int | None, sets: list[str
 
 
 def model_text(model) -> str:
-    """How a report names the model's size: 16x112x112, patch 14, 1-D position table."""
+    """How a report names the model's size, e.g. "16x112x112, patch 14, 1D position table"."""
     return (f"{model.num_frames}x{model.img_size}x{model.img_size}, patch {model.patch_size}, "
             f"{model.pos_embed.upper()} position table")
 
@@ -274,8 +276,8 @@ def main(out, pretrain_videos, train_videos, val_videos, style, pretrain_steps, 
         click.echo(f"{name}: probe glyph {rows[name]['probe']['glyph']['top1_plain']:.1f} %, fine-tuned "
                    f"{rows[name]['finetune']['top1']:.1f} %")
     stage_s = sum(stage.get("stage_wall_s", 0) for row in rows.values() for stage in row.values())
-    config = {"style": style, "pretrain_videos": pretrain_videos, "train_videos": train_videos, "val_videos": val_videos,
-              "wall_s": max(stage_s, time.perf_counter() - start)}
+    config = {"style": style, "pretrain_videos": pretrain_videos, "train_videos": train_videos,
+              "val_videos": val_videos, "wall_s": max(stage_s, time.perf_counter() - start)}
     env = environment()
     click.echo(write_json_and_report(Path(report_dir) / "table1.json", {"rows": rows, "config": config, "env": env},
                                      report_text(rows, config, env)))
