@@ -141,7 +141,7 @@ def tiny_batch(batch=2, seed=0, ratio=0.5, **overrides):
     return model, video, masks
 
 
-def reference_loss(video, pred, masks, p, tubelet=2, normalize=True):
+def reference_loss(video, pred, masks, p, tubelet=2, normalize=True, eps=1e-6):
     """The spec §4 loss in float64, token by token (normalize False: against the pixels in [0, 1])."""
     video = video.double() / 255.0                                # (B, T, H, W, 3)
     B, T, H, W, _ = video.shape
@@ -156,7 +156,7 @@ def reference_loss(video, pred, masks, p, tubelet=2, normalize=True):
             pixels = cube.reshape(-1, 3)                          # ((t·p + i)·p + j, c)
             mean = pixels.mean(dim=0)
             std = pixels.var(dim=0, unbiased=True).sqrt()
-            target = ((pixels - mean) / (std + 1e-6) if normalize else pixels).reshape(-1)  # channel fastest
+            target = ((pixels - mean) / (std + eps) if normalize else pixels).reshape(-1)  # channel fastest
             total += ((pred[b, pos].double() - target) ** 2).mean().item()
             count += 1
     return total / count
@@ -170,6 +170,24 @@ def test_loss_matches_float64_reference(ratio, normalize):
         loss, pred = model(video, masks)
     assert pred.shape == (2, masks["query_idx"].shape[1], 2 * 14 * 14 * 3)
     assert loss.item() == pytest.approx(reference_loss(video, pred, masks, 14, normalize=normalize), rel=1e-5)
+
+
+def test_target_eps_is_added_to_each_tokens_std():
+    """model.target_eps replaces the published 1e-6 in the normalised target; on a flat clip with faint noise
+    a large eps keeps the target near 0 where 1e-6 blows the noise up to unit scale."""
+    model, video, masks = tiny_batch(normalize_target=True, target_eps=0.05)
+    with torch.no_grad():
+        loss, pred = model(video, masks)
+    assert loss.item() == pytest.approx(reference_loss(video, pred, masks, 14, eps=0.05), rel=1e-5)
+    g = torch.Generator().manual_seed(1)
+    flat = (128 + torch.randint(-1, 2, video.shape, generator=g)).to(torch.uint8)   # noise of ±1/255
+    zero = torch.zeros_like(pred)
+    published = vmae2.build_pretrain_model("tiny", decoder_mask_ratio=0.5, normalize_target=True)
+    near_zero = model.forward_loss(vmae2.model.normalize_video(flat)[0], zero, masks["query_idx"], masks["loss_idx"])
+    unit = published.forward_loss(vmae2.model.normalize_video(flat)[0], zero, masks["query_idx"], masks["loss_idx"])
+    assert near_zero.item() < 0.01 and unit.item() > 0.9
+    with pytest.raises(ConfigError, match="target_eps"):
+        vmae2.build_pretrain_model("tiny", target_eps=0.0)
 
 
 def test_pred_follows_query_order():

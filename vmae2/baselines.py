@@ -35,7 +35,7 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
             token_idx = torch.gather(batch["masks"]["query_idx"], 1, batch["masks"]["loss_idx"])
             picked = torch.gather(patches, 1, token_idx[:, :, None, None].expand(-1, -1, *patches.shape[2:]))
             if cfg.model.normalize_target:
-                mean, std = token_stats(picked)
+                mean, std = token_stats(picked, cfg.model.target_eps)
                 picked = (picked - mean) / std
             targets.append(picked.flatten(2))                                      # (B, N_loss, 2pp·3)
             positions.append(token_idx)

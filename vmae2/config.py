@@ -31,6 +31,8 @@ class ModelConfig:
     encoder_mask_ratio: float = 0.9  # tube masking: share of spatial positions removed
     decoder_mask_ratio: float = 0.5  # running-cell masking: share of tokens not decoded (0 = V1)
     normalize_target: bool = True    # loss on per-token normalised pixels (spec §4); False: on pixels in [0, 1]
+    target_eps: float = 1e-6         # added to each token's std when normalising the target (published: 1e-6);
+                                     # e.g. 0.05 keeps flat, lightly noisy patches near 0 instead of unit-scale noise
     pos_embed: str = "1d"            # fixed sin/cos table: 1d over the flat token index (published) | 3d (t, h, w)
     drop_path: float = 0.0           # stochastic depth at the last block (linear from 0)
     grad_checkpointing: bool = False  # activation checkpointing per block (H and g)
@@ -44,6 +46,8 @@ class ModelConfig:
             if getattr(self, width) % getattr(self, heads):
                 raise ConfigError(f"model.{width}={getattr(self, width)} is not divisible by "
                                   f"model.{heads}={getattr(self, heads)}")
+        if not self.target_eps > 0:
+            raise ConfigError(f"model.target_eps={self.target_eps}: must be above 0 (published: 1e-6)")
         if self.pos_embed not in ("1d", "3d"):
             raise ConfigError(f"model.pos_embed={self.pos_embed!r}: choose 1d (the published table) or 3d")
         try:

@@ -238,7 +238,7 @@ class VideoMAEv2(nn.Module):
         B, _, P, C = patches.shape
         target = torch.gather(patches, 1, token_idx[:, :, None, None].expand(-1, -1, P, C))
         if self.cfg.normalize_target:
-            mean, std = token_stats(target)
+            mean, std = token_stats(target, self.cfg.target_eps)
             target = (target - mean) / std
         target = target.flatten(2)                                   # (B, N_loss, 2pp·3), channel fastest
         pred = gather_tokens(pred, loss_idx).float()                 # (B, N_loss, 2pp·3)

@@ -41,7 +41,7 @@ def reconstruct(model: VideoMAEv2, video: torch.Tensor, masks: dict) -> dict[str
     pred = pred.float().reshape(B, -1, P, C)                      # (B, N_query, 2pp, 3)
     if model.cfg.normalize_target:
         target = torch.gather(patches, 1, query[:, :, None, None].expand(-1, -1, P, C))
-        mean, std = token_stats(target)
+        mean, std = token_stats(target, model.cfg.target_eps)
         pred = pred * std + mean                                  # de-normalised
 
     is_visible = torch.zeros(B, N, dtype=torch.bool, device=patches.device).scatter_(1, visible, True)[:, :, None, None]
