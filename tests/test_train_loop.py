@@ -11,7 +11,8 @@ from conftest import Interrupting, fake_loader, read_metrics, small_config
 
 from vmae2 import checkpoint, weights
 from vmae2.model import VideoMAEv2
-from vmae2.train import NonFiniteLoss, train
+from vmae2.overrides import config_text
+from vmae2.train import NonFiniteLoss, check_resume_config, train
 
 
 def final_weights(run_dir):
@@ -119,6 +120,16 @@ def test_resume_refuses_a_changed_config(tmp_path):
     changed = small_config(tmp_path / "run", total_steps=4, base_lr=0.5)
     with pytest.raises(ValueError, match=r"base_lr"):
         train(changed, loader=fake_loader(changed))
+
+
+def test_resume_fills_model_keys_added_since_the_checkpoint_with_their_defaults(tmp_path):
+    """A checkpoint written before a model key existed (here target_eps) resumes; a changed value does not."""
+    current = json.loads(config_text(small_config(tmp_path / "run", total_steps=4)))
+    older = {**current, "model": {k: v for k, v in current["model"].items() if k != "target_eps"}}
+    check_resume_config(older, current, "ckpt")
+    changed = {**current, "model": {**current["model"], "target_eps": 0.05}}
+    with pytest.raises(ValueError, match="target_eps"):
+        check_resume_config(changed, current, "ckpt")
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

@@ -11,6 +11,7 @@ reported when the next row is logged.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,15 @@ from dali_pipes.contract import forever
 from shard_tools.files import write_json_atomic, write_text_atomic
 
 from . import checkpoint, distributed, optim, weights
-from .config import FinetuneConfig, TrainConfig, distill_config, finetune_config, pretrain_config, save_config
+from .config import (
+    FinetuneConfig,
+    ModelConfig,
+    TrainConfig,
+    distill_config,
+    finetune_config,
+    pretrain_config,
+    save_config,
+)
 from .overrides import config_text, parse_set_args, read_config_file
 from .tasks import task_for
 
@@ -119,6 +128,11 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def check_resume_config(saved: dict, current: dict, path) -> None:
+    """Refuse a resume whose settings changed. A model key added since the checkpoint was written takes its
+    default there (that is what the checkpoint's run used)."""
+    if isinstance(saved.get("model"), dict):
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+        saved = {**saved, "model": {**defaults, **saved["model"]}}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
