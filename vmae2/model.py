@@ -80,8 +80,9 @@ def normalize_video(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels, (pixels - mean) / std
 
 
-def token_stats(tokens: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token, per-channel mean and (unbiased std + eps) of (B, N, 2·p·p, 3) pixels (spec §4)."""
+def token_stats(tokens: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token, per-channel mean and (unbiased std + eps) of (B, N, 2·p·p, 3) pixels (spec §4; eps is
+    model.target_eps, published 1e-6)."""
     mean = tokens.mean(dim=-2, keepdim=True)
     std = tokens.var(dim=-2, unbiased=True, keepdim=True).sqrt()
     return mean, std + eps
