@@ -39,3 +39,19 @@ def test_reconstruction_keeps_visible_tokens_and_greys_unqueried_ones(tmp_path):
     assert torch.equal(grey[~vis], ~query[~vis])               # removed: predicted iff queried
     png = render_png(images, tmp_path / "r.png", num_frames=3)
     assert png.stat().st_size > 0
+
+
+def test_decoding_every_masked_token_leaves_no_grey_and_frames_are_enlarged(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = build_pretrain_model("tiny", **SMALL)
+    video = torch.randint(0, 256, (2, 16, 32, 32, 3), dtype=torch.uint8)
+    # what `visualize` asks for by default: the decoder queries every token the encoder did not see
+    every = dual_masks(np.random.default_rng(0), 2, model.cfg.grid, 0.9, 0.0)
+    masks = {k: torch.from_numpy(v) for k, v in every.items()}
+    images = reconstruct(model, video, masks)
+    recon = model.patchify(torch.from_numpy(images["reconstruction"]).permute(0, 4, 1, 2, 3))
+    assert not (recon == GREY).flatten(2).all(dim=2).any()
+    with Image.open(render_png(images, tmp_path / "r.png", num_frames=3)) as png:
+        assert png.size[1] >= 2 * 3 * 192                         # 32-pixel frames drawn at least 192 high

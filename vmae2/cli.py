@@ -87,12 +87,16 @@ def pretrain(preset, data, out, steps, init, config_file, sets, resume, verify_d
 @click.option("--num-frames", type=int, default=4, show_default=True, help="frames shown per clip")
 @click.option("--seed", type=int, default=0, show_default=True, help="crops and masks")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-def visualize(ckpt, data, out, num_clips, num_frames, seed, device):
+@click.option("--all-masked/--as-trained", default=True, show_default=True,
+              help="decode every token the encoder did not see, or only the running-cell share training decodes "
+                   "(the rest stays grey)")
+def visualize(ckpt, data, out, num_clips, num_frames, seed, device, all_masked):
     """Original, masked input and reconstruction for a few clips."""
     from .visualize import visualize as run
 
     with user_errors():
-        click.echo(str(run(ckpt, data, out, num_clips=num_clips, num_frames=num_frames, seed=seed, device=device)))
+        click.echo(str(run(ckpt, data, out, num_clips=num_clips, num_frames=num_frames, seed=seed, device=device,
+                           decode_all=all_masked)))
 
 
 @main.command()

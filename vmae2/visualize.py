@@ -3,8 +3,9 @@
 The decoder predicts per-token, per-channel normalised pixels (spec §4); each predicted token is
 de-normalised with the mean and standard deviation of the original token's pixels, as the MAE
 papers show their reconstructions (a model trained on pixels, normalize_target False, is drawn as it
-predicts). Tokens the encoder saw are shown as they are; encoder-removed
-tokens that the decoder did not query (dual masking decodes only some) stay grey.
+predicts). Tokens the encoder saw are shown as they are. `visualize` asks the decoder for every token the
+encoder did not see (training decodes only the running-cell share of them), so the reconstruction is
+whole; with `decode_all=False` it draws the training masks, and the tokens left out stay grey.
 """
 from __future__ import annotations
 
@@ -54,12 +55,14 @@ def reconstruct(model: VideoMAEv2, video: torch.Tensor, masks: dict) -> dict[str
     return {"original": as_frames(patches), "masked": as_frames(masked), "reconstruction": as_frames(recon)}
 
 
-def render_png(images: dict[str, np.ndarray], out, num_frames: int = 4, scale: int = 2) -> Path:
-    """Rows per clip: original / masked / reconstruction; columns: evenly spaced frames."""
+def render_png(images: dict[str, np.ndarray], out, num_frames: int = 4, scale: int | None = None) -> Path:
+    """Rows per clip: original / masked / reconstruction; columns: evenly spaced frames. Frames are enlarged
+    `scale` times (by default to at least 192 pixels high, at least 2x)."""
     from PIL import Image, ImageDraw
 
     rows = ("original", "masked", "reconstruction")
     B, T, H, W, _ = images["original"].shape
+    scale = scale or max(2, -(-192 // H))
     frames = np.linspace(0, T - 1, num_frames).round().astype(int)
     label_w, gap = 100, 4
     h, w = H * scale, W * scale
@@ -80,8 +83,10 @@ def render_png(images: dict[str, np.ndarray], out, num_frames: int = 4, scale: i
     return out
 
 
-def visualize(ckpt, data, out, num_clips: int = 2, num_frames: int = 4, seed: int = 0, device: str = "cpu") -> Path:
-    """`vmae2-train visualize`: a few clips of `data` through the model of `ckpt`, saved as a PNG."""
+def visualize(ckpt, data, out, num_clips: int = 2, num_frames: int = 4, seed: int = 0, device: str = "cpu",
+              decode_all: bool = True) -> Path:
+    """`vmae2-train visualize`: a few clips of `data` through the model of `ckpt`, saved as a PNG; the decoder
+    reconstructs every token the encoder did not see (`decode_all`), else only those the training masks query."""
     state, config = weights.read_weights(ckpt)
     if config is None:
         raise ValueError(f"{ckpt}: a bare weights file has no config.json beside it; pass the run folder "
@@ -96,7 +101,7 @@ def visualize(ckpt, data, out, num_clips: int = 2, num_frames: int = 4, seed: in
 
     sampling = SamplingConfig(num_frames=cfg.num_frames, stride=config.get("frame_stride", 4), img_size=cfg.img_size,
                               num_sample=1, patch_size=cfg.patch_size, encoder_mask_ratio=cfg.encoder_mask_ratio,
-                              decoder_mask_ratio=cfg.decoder_mask_ratio)
+                              decoder_mask_ratio=0.0 if decode_all else cfg.decoder_mask_ratio)
     loader = pretrain_loader(data, num_clips, sampling, device=device, seed=seed, shuffle=False, num_threads=2)
     batch = next(iter(loader))
     loader.close()
