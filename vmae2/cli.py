@@ -222,8 +222,9 @@ def extract(weights, data, out, preset, window, step, frame_stride, size, compat
 @click.option("--num-videos", type=int, default=64, show_default=True, help="glyph clips to pre-train on")
 @click.option("--held-out-videos", type=int, default=32, show_default=True,
               help="glyph clips (another seed) the loss is scored on")
-@click.option("--steps", type=int, default=200, show_default=True, help="pre-training steps")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="pre-training config override")
+@click.option("--steps", type=int, default=3000, show_default=True, help="pre-training steps")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="pre-training config override, applied after the demo's own (vmae2/demo.py DEMO_SETS)")
 def demo(out, num_videos, held_out_videos, steps, sets):
     """CPU demo: glyph shards → pre-training of `tiny` → held-out loss against baselines → reconstruction PNG."""
     from .demo import run_demo
