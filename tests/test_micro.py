@@ -1,11 +1,16 @@
 """bench.experiments.micro: its reconstruction baselines, its weight transfer and its fine-tuning loop."""
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
 import torch
 
 from bench.experiments import micro
 from bench.experiments.ceiling import render
+
+PERMUTATIONS = list(itertools.permutations(range(3)))
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +43,15 @@ def test_the_classifier_takes_the_pretrained_encoder_but_its_norm(clips):
 def test_fine_tuning_fits_its_labelled_clips(clips):
     fitted = micro.finetune(micro.classifier(None), clips, clips, steps=60, lr=3e-3, layer_decay=1.0, batch=20, shift=0)
     assert fitted["train_top1"] >= 90 and fitted["top1"] == fitted["train_top1"]
+
+
+def test_recoloured_clips_keep_their_pixels_up_to_channel_order_and_inversion():
+    rng = np.random.default_rng(0)
+    videos = torch.randint(0, 256, (16, 2, 4, 4, 3), dtype=torch.uint8)
+    out = micro.recoloured(videos, rng)
+    inverted = 0
+    for before, after in zip(videos, out):
+        flipped = (255 - after) if not any(torch.equal(after, before[..., list(p)]) for p in PERMUTATIONS) else after
+        inverted += flipped is not after
+        assert any(torch.equal(flipped, before[..., list(p)]) for p in PERMUTATIONS)
+    assert 0 < inverted < 16 and not torch.equal(out, videos)

@@ -59,8 +59,9 @@ def cosine(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def pretrain(videos: np.ndarray, steps: int, lr: float, batch: int, seed: int = 0):
-    """tiny's pre-training model at the micro size, trained with dual masks on pixels; (model, losses)."""
+def pretrain(videos: np.ndarray, steps: int, lr: float, batch: int, seed: int = 0, shift: int = 0):
+    """tiny's pre-training model at the micro size, trained with dual masks on pixels, each clip moved by up to
+    `shift` pixels (0: not moved); (model, losses)."""
     from vmae2 import build_pretrain_model
 
     torch.manual_seed(seed)
@@ -73,7 +74,8 @@ def pretrain(videos: np.ndarray, steps: int, lr: float, batch: int, seed: int = 
         for group in opt.param_groups:
             group["lr"] = lr * cosine(step, steps, warmup)
         idx = torch.from_numpy(rng.integers(0, len(clips), batch))
-        loss, _ = model(clips[idx], dual_masks(rng, batch, GRID, 0.9, 0.5))
+        video = shifted(clips[idx], rng, shift) if shift else clips[idx]
+        loss, _ = model(video, dual_masks(rng, batch, GRID, 0.9, 0.5))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -180,10 +182,21 @@ def shifted(videos: torch.Tensor, rng: np.random.Generator, pixels: int) -> torc
     return out
 
 
+def recoloured(videos: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Each clip's colour channels in a random order, and with probability 0.5 inverted (255 - x): a clip's
+    colours then say nothing about its label."""
+    out = videos.clone()
+    for b in range(len(out)):
+        out[b] = out[b][..., torch.from_numpy(rng.permutation(3))]
+        if rng.random() < 0.5:
+            out[b] = 255 - out[b]
+    return out
+
+
 def finetune(net, train: tuple, held_out: tuple, steps: int, lr: float, layer_decay: float, batch: int = 32,
-             shift: int = 4, seed: int = 0) -> dict:
+             shift: int = 4, seed: int = 0, colour: bool = False) -> dict:
     """AdamW with layer decay (vmae2.model.layer_id), warmup 10 % then cosine, weight decay 0.05 off 1-D
-    parameters; train and held-out top-1 at the end."""
+    parameters, clips shifted (and with `colour`, recoloured); train and held-out top-1 at the end."""
     from vmae2.model import layer_id
 
     depth = len(net.blocks)
@@ -200,7 +213,8 @@ def finetune(net, train: tuple, held_out: tuple, steps: int, lr: float, layer_de
         for group in opt.param_groups:
             group["lr"] = lr * group["scale"] * cosine(step, steps, max(1, steps // 10))
         idx = torch.from_numpy(rng.integers(0, len(labels), batch))
-        loss = F.cross_entropy(net(shifted(videos[idx], rng, shift)), labels[idx])
+        video = shifted(videos[idx], rng, shift)
+        loss = F.cross_entropy(net(recoloured(video, rng) if colour else video), labels[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -236,10 +250,14 @@ def versus(a: dict, b: dict) -> str:
 @click.option("--finetune-steps", default=600, show_default=True, help="Fine-tuning steps of 32 clips.")
 @click.option("--finetune-lr", default=1e-3, show_default=True, help="Fine-tuning peak lr (the head's).")
 @click.option("--layer-decay", default=0.5, show_default=True, help="Fine-tuning lr scale per layer down.")
+@click.option("--pretrain-shift", default=0, show_default=True,
+              help="Pre-training: move each clip by up to this many pixels (0: not moved).")
+@click.option("--colour-aug/--no-colour-aug", default=False, show_default=True,
+              help="Fine-tuning: random channel order and inversion (p 0.5) per clip.")
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
 @click.option("--report-dir", default=str(table1.REPORT_DIR), show_default=True, help="Where micro.{json,md} go.")
 def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pretrain_lr, finetune_steps,
-         finetune_lr, layer_decay, threads, report_dir):
+         finetune_lr, layer_decay, pretrain_shift, colour_aug, threads, report_dir):
     torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +267,8 @@ def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pr
 
     def run_pretrain():
         start = time.perf_counter()
-        model, losses = pretrain(data["unlabelled"][0], pretrain_steps, pretrain_lr, pretrain_batch)
+        model, losses = pretrain(data["unlabelled"][0], pretrain_steps, pretrain_lr, pretrain_batch,
+                                 shift=pretrain_shift)
         wall = time.perf_counter() - start
         torch.save(model.state_dict(), weights)
         tail = max(1, len(losses) // 10)
@@ -266,10 +285,12 @@ def main(out, unlabelled, labelled, held_out, pretrain_steps, pretrain_batch, pr
         rows[f"probe_all_{init}"] = stage(out, f"probe_all_{init}", lambda: probe(
             classifier(start), data["unlabelled"], data["held_out"], SPLITS["unlabelled"][0], SPLITS["held_out"][0]))
         rows[f"finetune_{init}"] = stage(out, f"finetune_{init}", lambda: finetune(
-            classifier(start), data["labelled"], data["held_out"], finetune_steps, finetune_lr, layer_decay))
+            classifier(start), data["labelled"], data["held_out"], finetune_steps, finetune_lr, layer_decay,
+            colour=colour_aug))
     config = {"unlabelled": unlabelled, "labelled": labelled, "held_out": held_out, "pretrain_steps": pretrain_steps,
               "pretrain_batch": pretrain_batch, "pretrain_lr": pretrain_lr, "finetune_steps": finetune_steps,
-              "finetune_lr": finetune_lr, "layer_decay": layer_decay, "threads": threads}
+              "finetune_lr": finetune_lr, "layer_decay": layer_decay, "pretrain_shift": pretrain_shift,
+              "colour_aug": colour_aug, "threads": threads}
     env = environment()
     click.echo(write_json_and_report(Path(report_dir) / "micro.json", {"rows": rows, "config": config, "env": env},
                                      report_text(rows, config, env)))
@@ -286,7 +307,8 @@ def report_text(rows: dict, config: dict, env: dict) -> str:
              f"    {env['command']}", "",
              f"{env['cpu']} ({env['cpu_count']} cores, {config['threads']} threads), torch {env['torch']}, commit "
              f"`{env['git_commit']}`{' (dirty tree)' if env.get('git_dirty') else ''}, {env['time_utc']}.", "",
-             f"Pre-training: dual masking, {config['pretrain_steps']} steps of {config['pretrain_batch']} clips, "
+             f"Pre-training: dual masking, {config['pretrain_steps']} steps of {config['pretrain_batch']} clips"
+             + (f" each moved by up to ±{config['pretrain_shift']} px" if config.get("pretrain_shift") else "") + ", "
              f"peak lr {config['pretrain_lr']:g}, {pre['wall_s']:.0f} s; train loss {pre['first_loss']:.4f} → "
              f"{pre['last_loss']:.4f}. Held-out: {recon['model']:.4f}, against the best constant patch "
              f"{recon['constant']:.4f} and the best patch per position {recon['per_position']:.4f} "
@@ -308,7 +330,9 @@ def report_text(rows: dict, config: dict, env: dict) -> str:
                          f"{a['se']:.1f} | {b['top1']:.1f} ± {b['se']:.1f} | {versus(a, b)} | {' | '.join(views)} |")
     ft = rows["finetune_pretrained"], rows["finetune_random"]
     lines += ["", f"Fine-tuning: {config['finetune_steps']} steps of 32 clips, peak lr {config['finetune_lr']:g}, "
-              f"layer decay {config['layer_decay']:g}, shift ±4 px; train top-1 {ft[0]['train_top1']:.0f} % "
+              f"layer decay {config['layer_decay']:g}, shift ±4 px"
+              + ("; each clip's channels in a random order and inverted with p 0.5" if config.get("colour_aug") else "")
+              + f"; train top-1 {ft[0]['train_top1']:.0f} % "
               f"(pre-trained) and {ft[1]['train_top1']:.0f} % (random init). Mirrored and reversed: the held-out clips "
               "flipped left-right or played backwards, scored against the motion they then show; a probe that reads "
               "the motion keeps its score there."]
