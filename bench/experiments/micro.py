@@ -317,7 +317,7 @@ def report_text(rows: dict, config: dict, env: dict) -> str:
              "| reversed (pre / rand) |",
              "|---|---|---|---|---|---|---|"]
     for kind, title in (("probe", f"linear probe, {config['labelled']} labels"),
-                        ("probe_all", f"linear probe, {config['unlabelled']} labels"),
+                        ("probe_all", f"linear probe, the {config['unlabelled']} pre-training clips' labels"),
                         ("finetune", f"fine-tuned on {config['labelled']} labels")):
         for label in ("glyph",) if kind == "finetune" else table1.LABELS:
             a, b = rows[f"{kind}_pretrained"], rows[f"{kind}_random"]
