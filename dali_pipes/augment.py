@@ -136,7 +136,6 @@ def erase(video, anchor, shape, fill):
     return cleared + fill
 
 
-
 def recolour(video, mix, bias):
     """(F, S, S, 3) uint8, each output channel c = Σ_k mix[c, k]·x_k + bias[c]: with a permutation matrix the
     channels come out reordered, with its negative and bias 255 also inverted (views.colour_mixes)."""

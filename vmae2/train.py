@@ -133,8 +133,8 @@ def check_resume_config(saved: dict, current: dict, path, defaults: dict | None 
     config class's field defaults)."""
     saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     if isinstance(saved.get("model"), dict):
-        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
-        saved = {**saved, "model": {**defaults, **saved["model"]}}
+        model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+        saved = {**saved, "model": {**model, **saved["model"]}}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
