@@ -135,3 +135,12 @@ def erase(video, anchor, shape, fill):
     cleared = fn.erase(video, anchor=anchor, shape=shape, axis_names="HW", fill_value=0)
     return cleared + fill
 
+
+def recolour(video, mix, bias):
+    """(F, S, S, 3) uint8, each output channel c = Σ_k mix[c, k]·x_k + bias[c]: with a permutation matrix the
+    channels come out reordered, with its negative and bias 255 also inverted (views.colour_mixes)."""
+    x = fn.cast(video, dtype=types.FLOAT)
+    mix, bias = _on_device_of(mix, x), _on_device_of(bias, x)
+    channels = [x[:, :, :, k] for k in range(3)]
+    out = [mix[c, 0] * channels[0] + mix[c, 1] * channels[1] + mix[c, 2] * channels[2] + bias[c] for c in range(3)]
+    return fn.cast(fn.stack(*out, axis=3), dtype=types.UINT8)

@@ -44,6 +44,7 @@ from .views import (
     SAMPLINGS,
     EraseConfig,
     RandAugmentConfig,
+    colour_mixes,
     erase_boxes,
     erase_fill,
     rand_augment_draws,
@@ -74,14 +75,17 @@ class FinetuneConfig:
     labels_optional: bool = False            # a video without a label gets -1 (distillation, which needs none)
     rand_augment: RandAugmentConfig | None = field(default_factory=RandAugmentConfig)  # None: off
     erase: EraseConfig | None = field(default_factory=EraseConfig)                      # None: off
+    colour_permute_prob: float = 0.0         # a view's colour channels in a random order (not in the recipes)
+    invert_prob: float = 0.0                 # a view inverted, 255 - x (not in the recipes)
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.num_frames < 2 or self.stride < 1 or self.img_size < 1 or self.num_sample < 1:
             raise ValueError(f"num_frames ≥ 2, stride, img_size and num_sample ≥ 1 needed; got {self}")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must lie in [0, 1], got {self.flip_prob}")
+        for name in ("flip_prob", "colour_permute_prob", "invert_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 and 0 < self.crop_ratio[0] <= self.crop_ratio[1]):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 and crop_ratio 0 < min <= max; got "
                              f"{self.crop_scale}, {self.crop_ratio}")
@@ -188,6 +192,8 @@ class FinetuneRecipe:
             self.input_names += ("ra_op", "ra_param")
         if cfg.erase is not None:
             self.input_names += ("erase_anchor", "erase_shape", "erase_fill")
+        if cfg.colour_permute_prob or cfg.invert_prob:
+            self.input_names += ("colour_mix", "colour_bias")
         # RandAugment's select splits the batch by op: DALI's conditionals.
         self.pipeline_kwargs = {"enable_conditionals": cfg.rand_augment is not None}
 
@@ -216,6 +222,9 @@ class FinetuneRecipe:
             arrays["erase_anchor"] = boxes[:, [1, 0]].astype(np.float32).reshape(batch, views, 2)
             arrays["erase_shape"] = boxes[:, [3, 2]].astype(np.float32).reshape(batch, views, 2)
             arrays["erase_fill"] = erase_fill(rng, boxes, size).reshape(batch, views, size, size, 3)
+        if cfg.colour_permute_prob or cfg.invert_prob:        # drawn last: the other draws stay as without it
+            mix, bias = colour_mixes(rng, batch * views, cfg.colour_permute_prob, cfg.invert_prob)
+            arrays["colour_mix"], arrays["colour_bias"] = mix.reshape(batch, views, 3, 3), bias.reshape(batch, views, 3)
         return {name: np.ascontiguousarray(array) for name, array in arrays.items()}  # DALI takes no strides
 
     def clip_graph(self, inputs, decode_device: str):
@@ -231,6 +240,8 @@ class FinetuneRecipe:
                 fill = inputs["erase_fill"][j]
                 view = augment.erase(view, inputs["erase_anchor"][j], inputs["erase_shape"][j],
                                      fill.gpu() if decode_device == "mixed" else fill)
+            if cfg.colour_permute_prob or cfg.invert_prob:
+                view = augment.recolour(view, inputs["colour_mix"][j], inputs["colour_bias"][j])
             views.append(view)
         return fn.stack(*views), inputs["label"]
 

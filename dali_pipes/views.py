@@ -276,3 +276,17 @@ def erase_fill(rng: np.random.Generator, boxes: np.ndarray, size: int) -> np.nda
             noise = mean + std * rng.standard_normal((h, w, 3), dtype=np.float32)
             fill[v, y0:y0 + h, x0:x0 + w] = np.clip(np.rint(noise), 0, 255)
     return fill
+
+
+def colour_mixes(rng: np.random.Generator, n: int, permute_prob: float, invert_prob: float):
+    """Per view, a (3, 3) float32 channel mix and a (3,) bias for augment.recolour: with probability
+    `permute_prob` the channels in a random order (else as they are), then with probability `invert_prob`
+    inverted (255 - x). Draws nothing from `rng` for a probability of 0."""
+    perms = np.tile(np.arange(3), (n, 1))
+    if permute_prob > 0:
+        shuffled = rng.random(n) < permute_prob
+        perms[shuffled] = [rng.permutation(3) for _ in range(int(shuffled.sum()))]
+    inverted = rng.random(n) < invert_prob if invert_prob > 0 else np.zeros(n, bool)
+    mix = np.eye(3, dtype=np.float32)[perms] * np.where(inverted, -1, 1).astype(np.float32)[:, None, None]
+    bias = np.where(inverted, 255, 0).astype(np.float32)[:, None].repeat(3, axis=1)
+    return mix, bias

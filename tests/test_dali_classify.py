@@ -208,3 +208,22 @@ def test_gpu_loaders_give_the_published_views_and_resume(dataset):
     for want, got in zip(reference[2:], restored):
         assert want["video"].is_cuda and want["keys"] == got["keys"]
         assert torch.equal(want["video"], got["video"]) and torch.equal(want["label"], got["label"])
+
+
+def test_recolouring_reorders_or_inverts_each_views_channels_and_keeps_its_label(dataset):
+    from dataclasses import replace
+    from itertools import permutations
+
+    out, _ = dataset
+    recoloured = replace(PLAIN, colour_permute_prob=1.0, invert_prob=0.5)
+    plain = next(iter(classify.finetune_loader(out, 4, PLAIN, seed=3, **OPTS)))
+    batch = next(iter(classify.finetune_loader(out, 4, recoloured, seed=3, **OPTS)))
+    assert batch["keys"] == plain["keys"] and torch.equal(batch["label"], plain["label"])
+    seen, inverted = set(), 0
+    for before, after in zip(plain["video"].numpy().astype(int), batch["video"].numpy().astype(int)):
+        matches = [(perm, inv) for perm in permutations(range(3)) for inv in (False, True)
+                   if np.abs((255 - before[..., perm] if inv else before[..., perm]) - after).max() <= 1]
+        assert matches, "a view is not its plain twin with its channels reordered and perhaps inverted"
+        seen.add(matches[0][0])
+        inverted += matches[0][1]
+    assert len(seen) > 1 and 0 < inverted < len(plain["keys"])

@@ -1,6 +1,7 @@
 """The training loop on a small model and a loader with the dali_pipes contract (conftest.FakeLoader)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from conftest import Interrupting, fake_loader, read_metrics, small_config
 
 from vmae2 import checkpoint, weights
+from vmae2.config import FinetuneConfig
 from vmae2.model import VideoMAEv2
 from vmae2.overrides import config_text
 from vmae2.train import NonFiniteLoss, check_resume_config, train
@@ -130,6 +132,20 @@ def test_resume_fills_model_keys_added_since_the_checkpoint_with_their_defaults(
     changed = {**current, "model": {**current["model"], "target_eps": 0.05}}
     with pytest.raises(ValueError, match="target_eps"):
         check_resume_config(changed, current, "ckpt")
+
+
+def test_resume_fills_run_keys_added_since_the_checkpoint_with_their_defaults(tmp_path):
+    """A fine-tuning checkpoint written before colour_permute_prob existed resumes at its default; not when
+    the run now sets it."""
+    cfg = FinetuneConfig(preset="tiny", data="d", out_dir=str(tmp_path / "run"))
+    current = json.loads(config_text(cfg))
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    older = {k: v for k, v in current.items() if k != "colour_permute_prob"}
+    check_resume_config(older, current, "ckpt", defaults)
+    with pytest.raises(ValueError, match="colour_permute_prob"):
+        check_resume_config(older, current, "ckpt")                       # no defaults: a missing key differs
+    with pytest.raises(ValueError, match="colour_permute_prob"):
+        check_resume_config(older, {**current, "colour_permute_prob": 1.0}, "ckpt", defaults)
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

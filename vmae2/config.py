@@ -187,6 +187,8 @@ class FinetuneConfig(TrainConfig):
     crop_ratio_max: float = 1.3333
     flip: bool = True                    # horizontal flip p 0.5 (off for SSv2)
     label_flip_map: str = ""             # file of class pairs a flip swaps ("" = the dataset's manifest)
+    colour_permute_prob: float = 0.0     # a view's colour channels in a random order (not in the published recipes)
+    invert_prob: float = 0.0             # a view inverted, 255 - x (not in the published recipes)
     test_num_clips: int = 5              # test views: clips along time ...
     test_num_crops: int = 3              # ... × crops along the long side
     eval_every_epochs: float = 5.0       # fast 1-view validation every so many epochs (0 = only at the end)
@@ -203,6 +205,9 @@ class FinetuneConfig(TrainConfig):
         for key in ("label_smoothing", "mixup_switch_prob", "random_erase_prob", "ema_decay"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: must lie in [0, 1)")
+        for key in ("colour_permute_prob", "invert_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must lie in [0, 1]")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
             raise ConfigError(f"crop_scale_min={self.crop_scale_min}, crop_scale_max={self.crop_scale_max}: need "
                               f"0 < min <= max <= 1")

@@ -280,6 +280,7 @@ def classify_config(cfg: FinetuneConfig):
                                    crop_scale=(cfg.crop_scale_min, cfg.crop_scale_max),
                                    crop_ratio=(cfg.crop_ratio_min, cfg.crop_ratio_max),
                                    flip_prob=0.5 if cfg.flip else 0.0,
+                                   colour_permute_prob=cfg.colour_permute_prob, invert_prob=cfg.invert_prob,
                                    rand_augment=rand_augment_config(cfg.rand_augment),
                                    erase=erase if cfg.random_erase_prob else None)
 

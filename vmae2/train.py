@@ -127,12 +127,14 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def check_resume_config(saved: dict, current: dict, path) -> None:
-    """Refuse a resume whose settings changed. A model key added since the checkpoint was written takes its
-    default there (that is what the checkpoint's run used)."""
+def check_resume_config(saved: dict, current: dict, path, defaults: dict | None = None) -> None:
+    """Refuse a resume whose settings changed. A key added since the checkpoint was written takes its default
+    there (that is what the checkpoint's run used): model keys ModelConfig's, others `defaults`' (the run
+    config class's field defaults)."""
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     if isinstance(saved.get("model"), dict):
-        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
-        saved = {**saved, "model": {**defaults, **saved["model"]}}
+        model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+        saved = {**saved, "model": {**model, **saved["model"]}}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
@@ -206,7 +208,8 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
     step, config = 0, json.loads(config_text(cfg))
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
-        check_resume_config(json.loads((latest / "config.json").read_text()), config, latest)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        check_resume_config(json.loads((latest / "config.json").read_text()), config, latest, defaults)
         meta, rank_state = checkpoint.load(latest, model, optimizer, env, extra)
         step = meta["step"]
         checkpoint.set_rng_state(rank_state["rng"], env.device)
