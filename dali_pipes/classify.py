@@ -90,6 +90,11 @@ class FinetuneConfig:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 and crop_ratio 0 < min <= max; got "
                              f"{self.crop_scale}, {self.crop_ratio}")
 
+    @property
+    def recolours(self) -> bool:
+        """Whether views get a channel mix (augment.recolour)."""
+        return bool(self.colour_permute_prob or self.invert_prob)
+
 
 @dataclass(frozen=True)
 class TestConfig:
@@ -192,7 +197,7 @@ class FinetuneRecipe:
             self.input_names += ("ra_op", "ra_param")
         if cfg.erase is not None:
             self.input_names += ("erase_anchor", "erase_shape", "erase_fill")
-        if cfg.colour_permute_prob or cfg.invert_prob:
+        if cfg.recolours:
             self.input_names += ("colour_mix", "colour_bias")
         # RandAugment's select splits the batch by op: DALI's conditionals.
         self.pipeline_kwargs = {"enable_conditionals": cfg.rand_augment is not None}
@@ -222,7 +227,7 @@ class FinetuneRecipe:
             arrays["erase_anchor"] = boxes[:, [1, 0]].astype(np.float32).reshape(batch, views, 2)
             arrays["erase_shape"] = boxes[:, [3, 2]].astype(np.float32).reshape(batch, views, 2)
             arrays["erase_fill"] = erase_fill(rng, boxes, size).reshape(batch, views, size, size, 3)
-        if cfg.colour_permute_prob or cfg.invert_prob:        # drawn last: the other draws stay as without it
+        if cfg.recolours:        # drawn last: the other draws stay as without it
             mix, bias = colour_mixes(rng, batch * views, cfg.colour_permute_prob, cfg.invert_prob)
             arrays["colour_mix"], arrays["colour_bias"] = mix.reshape(batch, views, 3, 3), bias.reshape(batch, views, 3)
         return {name: np.ascontiguousarray(array) for name, array in arrays.items()}  # DALI takes no strides
@@ -240,7 +245,7 @@ class FinetuneRecipe:
                 fill = inputs["erase_fill"][j]
                 view = augment.erase(view, inputs["erase_anchor"][j], inputs["erase_shape"][j],
                                      fill.gpu() if decode_device == "mixed" else fill)
-            if cfg.colour_permute_prob or cfg.invert_prob:
+            if cfg.recolours:
                 view = augment.recolour(view, inputs["colour_mix"][j], inputs["colour_bias"][j])
             views.append(view)
         return fn.stack(*views), inputs["label"]
