@@ -1,10 +1,10 @@
 """`tiny`'s CPU recipes as a user runs them: pre-train on a small labelled set's training videos, fine-tune
 from that, and compare with the same fine-tuning from scratch, all on held-out videos.
 
-    python -m bench.finetune --out /tmp/vmae2-finetune [--per-class 16] [--val-per-class 16]
+    python -m bench.finetune --out /tmp/vmae2-finetune [--per-class 16] [--val-per-class 16] [--style plain]
 
-The set is the glyph set (`vmae2-shard synth --kind glyphs`, label glyph: 10 classes, a digit plainly
-visible in every frame), VP9; training and held-out videos are disjoint seeds. The three runs are the CLI
+The set is the glyph set (`vmae2-shard synth --kind glyphs`, label glyph: 10 classes, a large digit moving
+over a plain background; --style plain draws every digit upright in one weight), VP9; training and held-out videos are disjoint seeds. The three runs are the CLI
 commands themselves, with no --set or --steps (the presets' own recipes):
 
     vmae2-train pretrain --preset tiny --data TRAIN --out OUT/pretrain
@@ -32,11 +32,11 @@ REPORT_DIR = Path(__file__).resolve().parent / "reports" / "cpu"
 TRAIN_SEED, VAL_SEED = 11, 12
 
 
-def shards(out: Path, name: str, videos: int, seed: int) -> Path:
+def shards(out: Path, name: str, videos: int, seed: int, style: str) -> Path:
     from shard_tools.synth import make_synthetic
 
     path = out / name
-    make_synthetic(path, videos, kind="glyphs", label="glyph", seed=seed, progress=False)
+    make_synthetic(path, videos, kind="glyphs", label="glyph", style=style, seed=seed, progress=False)
     return path
 
 
@@ -71,7 +71,8 @@ def markdown(report: dict) -> str:
              f"    {env['command']}", "",
              f"{env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, DALI {env['dali']}, commit "
              f"`{env['git_commit']}`{' (dirty tree)' if env.get('git_dirty') else ''}, {env['time_utc']}.", "",
-             f"Data: the glyph set (label glyph, 10 classes, chance 10 %), {cfg['per_class']} training videos per "
+             f"Data: the glyph set ({cfg.get('style', 'varied')} digits, label glyph, 10 classes, chance 10 %), "
+             f"{cfg['per_class']} training videos per "
              f"class ({cfg['per_class'] * 10}; pre-training uses them without labels) and {cfg['val_per_class']} "
              f"held-out videos per class; VP9. Each row is one command, exactly as below (no --set, no --steps).", "",
              "| run | command | steps | wall | held-out top-1 (%) |", "|---|---|---|---|---|"]
@@ -89,11 +90,14 @@ def markdown(report: dict) -> str:
               help="Folder for shards and runs (complete runs are kept and not rerun).")
 @click.option("--per-class", default=16, show_default=True, help="Training videos per class (seed 11).")
 @click.option("--val-per-class", default=16, show_default=True, help="Held-out videos per class (seed 12).")
+@click.option("--style", type=click.Choice(["plain", "varied"]), default="plain", show_default=True,
+              help="How the digits are drawn (vmae2-shard synth --style).")
 @click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where finetune.{json,md} go.")
-def main(out, per_class, val_per_class, report_dir):
+def main(out, per_class, val_per_class, style, report_dir):
     out = Path(out)
     env = environment()
-    train, val = shards(out, "train", 10 * per_class, TRAIN_SEED), shards(out, "val", 10 * val_per_class, VAL_SEED)
+    train = shards(out, "train", 10 * per_class, TRAIN_SEED, style)
+    val = shards(out, "val", 10 * val_per_class, VAL_SEED, style)
     runs = [("pretrain", ["pretrain", "--preset", "tiny", "--data", str(train), "--out", str(out / "pretrain")]),
             ("pre-trained", ["finetune", "--preset", "tiny", "--data", str(train), "--val-data", str(val),
                              "--init", str(out / "pretrain"), "--out", str(out / "finetune")]),
@@ -105,7 +109,7 @@ def main(out, per_class, val_per_class, report_dir):
         wall = run_command(args, run_dir)
         rows.append(row_of(name, run_dir, wall, "vmae2-train " + " ".join(args)))
     report = {"bench": "finetune", "env": env, "rows": rows,
-              "config": {"per_class": per_class, "val_per_class": val_per_class}}
+              "config": {"per_class": per_class, "val_per_class": val_per_class, "style": style}}
     click.echo(write_json_and_report(Path(report_dir) / "finetune.json", report, markdown(report)))
 
 
