@@ -12,10 +12,12 @@ import torch
 
 from dali_pipes.masking import dual_masks, token_grid
 
-# A model small enough for a CPU test: 16x32x32 clips, 8x8 patches → an 8x4x4 token grid.
-SMALL_MODEL = {"model.img_size": 32, "model.patch_size": 8, "model.depth": 2, "model.embed_dim": 48,
-               "model.num_heads": 2, "model.mlp_hidden_dim": 96, "model.decoder_depth": 1,
-               "model.decoder_embed_dim": 32, "model.decoder_num_heads": 2}
+# A model small enough for a CPU test: 16x32x32 clips, 8x8 patches → an 8x4x4 token grid, with the published
+# 1d position table (weights saved without a config are taken for it). Every size is set here, not taken from
+# the tiny preset it overrides (whose own geometry is 8x48x48 with the 3d table).
+SMALL_MODEL = {"model.num_frames": 16, "model.img_size": 32, "model.patch_size": 8, "model.pos_embed": "1d",
+               "model.depth": 2, "model.embed_dim": 48, "model.num_heads": 2, "model.mlp_hidden_dim": 96,
+               "model.decoder_depth": 1, "model.decoder_embed_dim": 32, "model.decoder_num_heads": 2}
 # The same sizes as ModelConfig keyword arguments (vmae2.build_pretrain_model / build_classifier).
 SMALL_MODEL_KWARGS = {k.split(".", 1)[1]: v for k, v in SMALL_MODEL.items()}
 

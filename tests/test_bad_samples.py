@@ -7,6 +7,7 @@ the shard still opens and FFmpeg decodes on: only the checksum in the sample's j
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import zlib
@@ -270,9 +271,11 @@ def test_extraction_lists_a_video_the_decoder_cannot_open_in_shards_without_chec
     data = copy_of(clean, tmp_path, checksums=False)
     bad_key = overwrite(video_members(data)[1], nbytes=256, where="start")
     weights = tmp_path / "classifier.pt"
-    torch.save(VideoClassifier(model_config("tiny"), 4, drop_path=0.0).state_dict(), weights)
+    model = VideoClassifier(model_config("tiny"), 4, drop_path=0.0)
+    # with its config: weights without one are taken for the published 1d table, and tiny has the 3d one
+    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, weights)
     out = tmp_path / "features"
-    summary = extract(weights, data, out, preset="tiny", size=56, step=16, device="cpu", progress=False)
+    summary = extract(weights, data, out, preset="tiny", size=32, step=16, device="cpu", progress=False)  # 4×4 grid
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert [(s["key"], s["reason"]) for s in skipped] == [(bad_key, "undecodable")]
     assert summary["written"] == 7 and summary["skipped"] == 1

@@ -46,7 +46,7 @@ def test_e2e_runs_the_real_loop_on_synthetic_shards(tmp_path):
 
     make_synthetic(tmp_path / "shards", 4, num_frames=24, width=80, height=64, progress=False)
     result = CliRunner().invoke(e2e.main, ["--data", str(tmp_path / "shards"), "--steps", "4",
-                                           "--set", "model.img_size=56", "--set", "batch_videos_per_gpu=1",
+                                           "--set", "model.img_size=32", "--set", "batch_videos_per_gpu=1",
                                            "--set", "num_sample=2", "--json", str(tmp_path / "e2e.json")])
     assert result.exit_code == 0, result.output
     row = json.loads((tmp_path / "e2e.json").read_text())["rows"][0]

@@ -14,12 +14,13 @@ from vmae2.model import VideoMAEv2
 def test_loader_batch_feeds_the_tiny_model(tmp_path):
     out = tmp_path / "ds"
     make_shards(out, [20, 24], shard_size=10 ** 9)
-    cfg = model_config("tiny")  # 16 frames × 112², patch 14 → grid (8, 8, 8)
-    sampling = SamplingConfig(num_frames=16, img_size=112, stride=1, patch_size=cfg.patch_size, num_sample=2)
+    cfg = model_config("tiny")  # 8 frames × 48², patch 8 → grid (4, 6, 6)
+    assert cfg.grid == (4, 6, 6)
+    sampling = SamplingConfig(num_frames=8, img_size=48, stride=1, patch_size=cfg.patch_size, num_sample=2)
     loader = dali_pipes.pretrain_loader(out, 2, sampling, device="cpu", num_threads=2)
     batch = next(iter(loader))
-    counts = mask_counts(token_grid(16, 112, cfg.patch_size))
-    assert batch["video"].shape == (4, 16, 112, 112, 3)
+    counts = mask_counts(token_grid(8, 48, cfg.patch_size))
+    assert batch["video"].shape == (4, 8, 48, 48, 3)
     assert {k: v.shape[1] for k, v in batch["masks"].items()} == counts
     torch.manual_seed(0)
     model = VideoMAEv2(cfg)

@@ -48,7 +48,7 @@ def test_table1_probes_the_encoder_at_the_pre_training_model_size():
     model, cfg = table1.classifier_of(None, 10, sets)
     assert cfg.model.grid == (4, 8, 8) and model.pos_embed.shape == (1, 256, cfg.model.embed_dim)
     assert table1.model_text(cfg.model) == "8x48x48, patch 6, 3D position table"
-    assert table1.classifier_of(None, 10)[1].model.grid == (8, 8, 8)                 # tiny as packed
+    assert table1.classifier_of(None, 10)[1].model.grid == (4, 6, 6)                 # tiny as packed
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ What is compared with what (DALI's FFmpeg YUV→RGB and PyAV's differ by about 1
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,8 +31,14 @@ from vmae2.extract import extract, list_videos, load_model, open_dataset, window
 from vmae2.model import IMAGENET_MEAN, IMAGENET_STD, VideoClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = 56  # tiny's patch is 14: a 4×4 grid keeps the CPU forward cheap
-LENGTHS = [9, 30, 17, 12, 20, 33]  # 9 and 12 are shorter than one 16-frame window
+SIZE = 32  # tiny's patch is 8: a 4×4 grid keeps the CPU forward cheap
+WINDOW = 8  # extract's window is the model's num_frames: tiny's 8 (a 4×4×4 token grid at SIZE)
+LENGTHS = [5, 30, 17, 7, 20, 33]  # 5 and 7 are shorter than one 8-frame window
+
+
+def save_tiny(model: VideoClassifier, path: Path) -> None:
+    """The weights with their model config: without one, weights are taken for the published 1d table."""
+    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +47,8 @@ def dataset(tmp_path_factory):
     make_shards(root / "ds", LENGTHS, shard_size=30_000)
     torch.manual_seed(0)
     model = VideoClassifier(model_config("tiny"), 5, drop_path=0.0)
-    torch.save(model.state_dict(), root / "weights.pt")
+    assert model.cfg.num_frames == WINDOW and model.cfg.patch_size == 8
+    save_tiny(model, root / "weights.pt")
     return root
 
 
@@ -175,21 +183,21 @@ def test_extracted_features_match_forward_features(dataset, tmp_path, compat):
     stream = WindowStream(size=SIZE, compat=compat)
     for video in list_videos(open_dataset(dataset / "ds")):
         n = video.meta["num_frames"]
-        if n < 16:
+        if n < WINDOW:
             assert video.key not in features
             continue
         rows = features[video.key]
         entry = index[video.key]
-        assert entry["starts"] == list(range(0, n - 15, 4)) and entry["num_frames"] == n
+        assert entry["starts"] == list(range(0, n - (WINDOW - 1), 4)) and entry["num_frames"] == n
         assert rows.dtype == np.float32 and rows.shape == (len(entry["starts"]), 192)
-        windows = [w for _, w in stream.windows(video.read(), n, window=16, step=4)]
+        windows = [w for _, w in stream.windows(video.read(), n, window=WINDOW, step=4)]
         with torch.no_grad():
             # Same frames: extract's batching and row order against the public forward_features.
             direct = torch.cat([_reference_features(model, w[None].float(), compat) for w in windows])
             np.testing.assert_allclose(rows, direct.numpy(), atol=2e-5, rtol=0)
             # Independent frames: PyAV decode, torch resize.
             pyav = torch.from_numpy(pyav_frames(video.read())).permute(0, 3, 1, 2).float()
-            reference = torch.cat([_reference_features(model, _torch_preprocess(pyav[s:s + 16], compat)[None],
+            reference = torch.cat([_reference_features(model, _torch_preprocess(pyav[s:s + WINDOW], compat)[None],
                                                        compat) for s in entry["starts"]])
         cosine = F.cosine_similarity(torch.from_numpy(rows), reference, dim=1)
         assert cosine.min() > 0.999, cosine
@@ -198,11 +206,11 @@ def test_extracted_features_match_forward_features(dataset, tmp_path, compat):
 
 def test_default_path_is_forward_features_and_pool_none_gives_the_tokens(dataset):
     model, _ = load_model(dataset / "weights.pt", "tiny", None, SIZE)
-    frames = torch.randint(0, 256, (3, 16, SIZE, SIZE, 3), dtype=torch.uint8)
+    frames = torch.randint(0, 256, (3, WINDOW, SIZE, SIZE, 3), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(window_features(model, frames), model.forward_features(frames))
         tokens = window_features(model, frames, pool="none")
-        assert tokens.shape == (3, 8 * 4 * 4, 192)
+        assert tokens.shape == (3, 4 * 4 * 4, 192)
         assert torch.allclose(model.fc_norm(tokens.mean(dim=1)), model.forward_features(frames), atol=1e-6)
 
 
@@ -211,7 +219,7 @@ def test_pool_none_writes_the_token_grid(dataset, tmp_path):
     extract(dataset / "weights.pt", dataset / "ds", out, preset="tiny", size=SIZE, step=16, pool="none",
             progress=False)
     for entry in _read_index(out):
-        assert np.load(out / entry["file"]).shape == (len(entry["starts"]), 128, 192)
+        assert np.load(out / entry["file"]).shape == (len(entry["starts"]), 64, 192)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,9 +239,9 @@ def test_short_and_undecodable_videos_are_listed_and_the_run_goes_on(dataset, tm
     out = tmp_path / "out"
     summary = extract(dataset / "weights.pt", data, out, preset="tiny", size=SIZE, progress=False)
     skipped = {e["key"]: e for e in _read_index(out, "skipped.jsonl")}
-    short = {v.key for v in videos if v.meta["num_frames"] < 16}
-    assert set(skipped) == short | {broken.key}
-    assert all(skipped[k]["reason"] == "too_short" and "one window spans 16" in skipped[k]["detail"] for k in short)
+    short = {v.key for v in videos if v.meta["num_frames"] < WINDOW}
+    assert set(skipped) == short | {broken.key} and len(short) == 2
+    assert all(skipped[k]["reason"] == "too_short" and "one window spans 8" in skipped[k]["detail"] for k in short)
     # its json's checksum tells before the decoder runs (without one: test_bad_samples, "undecodable")
     assert skipped[broken.key]["reason"] == "checksum" and "changed after packing" in skipped[broken.key]["detail"]
     assert skipped[broken.key]["source"] == broken.meta["source"]
@@ -255,8 +263,9 @@ def test_killed_run_continues_to_the_same_files(tmp_path):
     data = tmp_path / "ds"
     make_shards(data, [33] * 8, shard_size=60_000)
     torch.manual_seed(1)
-    torch.save(VideoClassifier(model_config("tiny"), 5, drop_path=0.0).state_dict(), tmp_path / "w.pt")
-    args = ["--weights", str(tmp_path / "w.pt"), "--data", str(data), "--preset", "tiny", "--size", "112",
+    save_tiny(VideoClassifier(model_config("tiny"), 5, drop_path=0.0), tmp_path / "w.pt")
+    # 80² at patch 8: 4×10×10 tokens a window, 7 windows a video, about the work of the old 112² at patch 14
+    args = ["--weights", str(tmp_path / "w.pt"), "--data", str(data), "--preset", "tiny", "--size", "80",
             "--batch", "1", "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     killed = tmp_path / "killed"

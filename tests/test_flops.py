@@ -46,7 +46,7 @@ def test_formula_agrees_with_torch_flop_counter(ratio):
     model = vmae2.build_pretrain_model("tiny", decoder_mask_ratio=ratio)
     cfg = model.cfg
     masks = {k: torch.from_numpy(v) for k, v in dual_masks(np.random.default_rng(0), 1, cfg.grid, 0.9, ratio).items()}
-    video = torch.zeros(1, 16, 112, 112, 3, dtype=torch.uint8)
+    video = torch.zeros(1, cfg.num_frames, cfg.img_size, cfg.img_size, 3, dtype=torch.uint8)   # tiny: 8 × 48²
     counter = FlopCounterMode(display=False)
     # The math backend spells attention as two batched matmuls, which the counter sees.
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):

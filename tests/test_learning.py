@@ -29,11 +29,13 @@ from vmae2.tasks import classify_config
 from vmae2.train import train
 
 NUM_CLIPS, SEED = 32, 5
-# Everything that is not the point is off: RandAugment, erasing, mixup/cutmix, smoothing, crops, drop path.
+# Everything that is not the point is off: RandAugment, erasing, mixup/cutmix, smoothing, crops, drop path,
+# and the colour permutation and inversion of tiny's synth recipe.
 OVERFIT = {**SMALL_MODEL, "model.num_frames": 8, "total_steps": 1500, "warmup_fraction": 0.05, "base_lr": 0.256,
            "min_lr_base": 0.0256, "layer_decay": 1.0, "drop_path": 0.0, "weight_decay": 0.0,
            "batch_videos_per_gpu": 4, "num_sample": 2, "frame_stride": 2, "rand_augment": "",
            "random_erase_prob": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "label_smoothing": 0.0,
+           "colour_permute_prob": 0.0, "invert_prob": 0.0,
            "crop_scale_min": 1.0, "crop_ratio_min": 1.0, "crop_ratio_max": 1.0, "flip": True,
            "loader_threads": 1, "log_every": 20, "save_every": 1000, "progress": False, "tensorboard": False,
            "device": "cpu", "eval_every_epochs": 0}

@@ -95,22 +95,24 @@ def test_the_3d_table_is_a_time_part_then_a_row_part_then_a_column_part():
     from vmae2.config import PRESETS
     from vmae2.model import factorised_sinusoid_table, position_table
 
-    tiny = PRESETS["tiny"].model
-    assert tiny.pos_embed == "1d" and torch.equal(position_table(tiny, 96), sinusoid_table(512, 96))
-    table = position_table(dataclasses.replace(tiny, pos_embed="3d"), 96)[0].view(8, 8, 8, 96)
-    assert torch.equal(table, factorised_sinusoid_table((8, 8, 8), 96)[0].view(8, 8, 8, 96))
+    assert PRESETS["vit_b"].model.pos_embed == "1d"                  # the published table: over the flat index
+    tiny = PRESETS["tiny"].model                                     # 8 frames × 48², patch 8 → grid (4, 6, 6)
+    assert tiny.pos_embed == "3d" and tiny.grid == (4, 6, 6)
+    assert torch.equal(position_table(dataclasses.replace(tiny, pos_embed="1d"), 96), sinusoid_table(144, 96))
+    table = position_table(tiny, 96)[0].view(4, 6, 6, 96)
+    assert torch.equal(table, factorised_sinusoid_table((4, 6, 6), 96)[0].view(4, 6, 6, 96))
     # widths: rows and columns 2 * (96 // 6) = 32 each, time the other 32
-    assert torch.equal(table[5, 2, 6, :32], sinusoid_table(8, 32)[0, 5])
-    assert torch.equal(table[5, 2, 6, 32:64], sinusoid_table(8, 32)[0, 2])
-    assert torch.equal(table[5, 2, 6, 64:], sinusoid_table(8, 32)[0, 6])
+    assert torch.equal(table[3, 2, 5, :32], sinusoid_table(4, 32)[0, 3])
+    assert torch.equal(table[3, 2, 5, 32:64], sinusoid_table(6, 32)[0, 2])
+    assert torch.equal(table[3, 2, 5, 64:], sinusoid_table(6, 32)[0, 5])
     # a token's spatial part is the same at every time step; its time part the same at every place
-    assert torch.equal(table[:, 3, 4, 32:], table[0, 3, 4, 32:].expand(8, -1))
-    assert torch.equal(table[1, :, :, :32], table[1, 0, 0, :32].expand(8, 8, -1))
+    assert torch.equal(table[:, 3, 4, 32:], table[0, 3, 4, 32:].expand(4, -1))
+    assert torch.equal(table[1, :, :, :32], table[1, 0, 0, :32].expand(6, 6, -1))
     wide = factorised_sinusoid_table((2, 3, 4), 1408)                # ViT-g's width: time 472, rows and columns 468
     assert wide.shape == (1, 24, 1408) and torch.equal(wide[0, 0, 472:940], sinusoid_table(3, 468)[0, 0])
-    model = vmae2.build_pretrain_model("tiny", pos_embed="3d")
-    rows = model.encoder.pos_embed[0].view(8, 8, 8, 192)[:, 1, 1, 64:128]
-    assert torch.equal(rows, sinusoid_table(8, 64)[0, 1].expand(8, -1))
+    model = vmae2.build_pretrain_model("tiny")
+    rows = model.encoder.pos_embed[0].view(4, 6, 6, 192)[:, 1, 1, 64:128]
+    assert torch.equal(rows, sinusoid_table(6, 64)[0, 1].expand(4, -1))
     with pytest.raises(ConfigError, match=r"model.pos_embed='2d': choose 1d \(the published table\) or 3d"):
         dataclasses.replace(tiny, pos_embed="2d")
 
@@ -135,7 +137,9 @@ def test_attention_matches_explicit_formula():
 def tiny_batch(batch=2, seed=0, ratio=0.5, **overrides):
     model = vmae2.build_pretrain_model("tiny", decoder_mask_ratio=ratio, **overrides)
     g = torch.Generator().manual_seed(seed)
-    video = torch.randint(0, 256, (batch, 16, 112, 112, 3), dtype=torch.uint8, generator=g)
+    cfg = model.cfg                                                  # tiny: 8 frames × 48², patch 8
+    video = torch.randint(0, 256, (batch, cfg.num_frames, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8,
+                          generator=g)
     masks = dual_masks(np.random.default_rng(seed), batch, model.cfg.grid, 0.9, ratio)
     masks = {k: torch.from_numpy(v) for k, v in masks.items()}
     return model, video, masks
@@ -168,8 +172,9 @@ def test_loss_matches_float64_reference(ratio, normalize):
     model, video, masks = tiny_batch(ratio=ratio, normalize_target=normalize)
     with torch.no_grad():
         loss, pred = model(video, masks)
-    assert pred.shape == (2, masks["query_idx"].shape[1], 2 * 14 * 14 * 3)
-    assert loss.item() == pytest.approx(reference_loss(video, pred, masks, 14, normalize=normalize), rel=1e-5)
+    assert model.cfg.patch_size == 8
+    assert pred.shape == (2, masks["query_idx"].shape[1], 2 * 8 * 8 * 3)
+    assert loss.item() == pytest.approx(reference_loss(video, pred, masks, 8, normalize=normalize), rel=1e-5)
 
 
 def test_target_eps_is_added_to_each_tokens_std():
@@ -178,7 +183,7 @@ def test_target_eps_is_added_to_each_tokens_std():
     model, video, masks = tiny_batch(normalize_target=True, target_eps=0.05)
     with torch.no_grad():
         loss, pred = model(video, masks)
-    assert loss.item() == pytest.approx(reference_loss(video, pred, masks, 14, eps=0.05), rel=1e-5)
+    assert loss.item() == pytest.approx(reference_loss(video, pred, masks, 8, eps=0.05), rel=1e-5)
     g = torch.Generator().manual_seed(1)
     flat = (128 + torch.randint(-1, 2, video.shape, generator=g)).to(torch.uint8)   # noise of ±1/255
     zero = torch.zeros_like(pred)
@@ -221,7 +226,7 @@ def test_accepts_numpy_masks_and_bad_shapes_fail_clearly():
         loss_t, _ = model(video, masks)
         loss_n, _ = model(video, {k: v.numpy() for k, v in masks.items()})
     assert loss_t.item() == loss_n.item()
-    with pytest.raises(ValueError, match="multiple of 14"):
+    with pytest.raises(ValueError, match="multiple of 8"):
         vmae2.build_pretrain_model("tiny", img_size=100)
     with pytest.raises(ValueError, match="unknown model option"):
         vmae2.build_pretrain_model("tiny", depht=3)
@@ -230,12 +235,20 @@ def test_accepts_numpy_masks_and_bad_shapes_fail_clearly():
 
 
 def test_classifier_forward_and_head_init():
+    from vmae2.config import finetune_config
+
+    # drop path defaults to the preset's first fine-tuning recipe: tiny's synth recipe has none, ViT-S's 0.1
+    assert finetune_config("tiny").drop_path == 0.0 and finetune_config("vit_s").drop_path == 0.1
+    assert all(isinstance(block.drop_path, torch.nn.Identity) for block in vmae2.build_classifier("tiny", 10).blocks)
+    with torch.device("meta"):
+        vit_s = vmae2.build_classifier("vit_s", 10)
+    assert vit_s.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
     torch.manual_seed(0)
-    model = vmae2.build_classifier("tiny", 10)
+    model = vmae2.build_classifier("tiny", 10, drop_path=0.1)
     assert 0 < model.head.weight.abs().max() <= 2 * 0.001 and (model.head.bias == 0).all()
     assert model.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
     assert isinstance(model.blocks[0].drop_path, torch.nn.Identity)
-    video = torch.randint(0, 256, (2, 16, 112, 112, 3), dtype=torch.uint8)
+    video = torch.randint(0, 256, (2, 8, 48, 48, 3), dtype=torch.uint8)   # tiny: 8 frames × 48²
     assert model(video).shape == (2, 10)
 
 

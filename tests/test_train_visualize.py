@@ -9,20 +9,21 @@ from vmae2 import build_pretrain_model
 from vmae2.model import normalize_video
 from vmae2.visualize import GREY, reconstruct, render_png, unpatchify
 
-SMALL = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2, mlp_hidden_dim=64,
+# 8x32x32 clips, 8x8 patches: a 4x4x4 token grid
+SMALL = dict(num_frames=8, img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2, mlp_hidden_dim=64,
              decoder_depth=1, decoder_embed_dim=32, decoder_num_heads=2)
 
 
 def test_unpatchify_inverts_patchify():
     model = build_pretrain_model("tiny", **SMALL)
-    pixels = torch.rand(2, 3, 16, 32, 32)
+    pixels = torch.rand(2, 3, 8, 32, 32)
     assert torch.equal(unpatchify(model.patchify(pixels), model.cfg), pixels)
 
 
 def test_reconstruction_keeps_visible_tokens_and_greys_unqueried_ones(tmp_path):
     torch.manual_seed(0)
     model = build_pretrain_model("tiny", **SMALL)
-    video = torch.randint(0, 256, (2, 16, 32, 32, 3), dtype=torch.uint8)
+    video = torch.randint(0, 256, (2, 8, 32, 32, 3), dtype=torch.uint8)
     masks = {k: torch.from_numpy(v) for k, v in dual_masks(np.random.default_rng(0), 2, model.cfg.grid).items()}
     images = reconstruct(model, video, masks)
     pixels, _ = normalize_video(video)
@@ -46,7 +47,7 @@ def test_decoding_every_masked_token_leaves_no_grey_and_frames_are_enlarged(tmp_
 
     torch.manual_seed(0)
     model = build_pretrain_model("tiny", **SMALL)
-    video = torch.randint(0, 256, (2, 16, 32, 32, 3), dtype=torch.uint8)
+    video = torch.randint(0, 256, (2, 8, 32, 32, 3), dtype=torch.uint8)
     # what `visualize` asks for by default: the decoder queries every token the encoder did not see
     every = dual_masks(np.random.default_rng(0), 2, model.cfg.grid, 0.9, 0.0)
     masks = {k: torch.from_numpy(v) for k, v in every.items()}

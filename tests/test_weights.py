@@ -86,7 +86,7 @@ def test_error_paths(tmp_path):
     bigger = vmae2.build_pretrain_model("tiny", embed_dim=96, num_heads=3)
     torch.save(bigger.state_dict(), tmp_path / "other.pth")
     with pytest.raises(ValueError, match=r"shape mismatch at encoder\.patch_embed\.proj\.weight: "
-                                         r"checkpoint \(96, 3, 2, 14, 14\) vs model \(192, 3, 2, 14, 14\)"):
+                                         r"checkpoint \(96, 3, 2, 8, 8\) vs model \(192, 3, 2, 8, 8\)"):
         load_pretrain(pretrain, tmp_path / "other.pth")
 
     partial = {k: v for k, v in pretrain.state_dict().items() if not k.startswith("decoder.head")}

@@ -12,13 +12,21 @@ import vmae2
 from vmae2.weights import FINAL_WEIGHTS, export_file, load_weights, read_source, read_weights
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-TINY_MODEL = {"patch_size": 14, "depth": 4, "embed_dim": 192, "num_heads": 3, "mlp_hidden_dim": 768,
-              "decoder_depth": 2, "decoder_embed_dim": 96, "decoder_num_heads": 3, "img_size": 112}
+# a vmae2 run's saved model config of tiny (8 frames × 48², patch 8, the 3d position table)
+TINY_MODEL = {"patch_size": 8, "depth": 4, "embed_dim": 192, "num_heads": 3, "mlp_hidden_dim": 768,
+              "decoder_depth": 2, "decoder_embed_dim": 96, "decoder_num_heads": 3, "num_frames": 8, "img_size": 48,
+              "pos_embed": "3d"}
 
 
 def tiny_pretrain(seed):
     torch.manual_seed(seed)
     return vmae2.build_pretrain_model("tiny")
+
+
+def published_tiny(seed):
+    """tiny's sizes with the published code's 1d position table: weights saved without a config are taken for it."""
+    torch.manual_seed(seed)
+    return vmae2.build_pretrain_model("tiny", pos_embed="1d")
 
 
 def assert_same(state_a, state_b):
@@ -37,7 +45,7 @@ def test_export_round_trip_keeps_weights_and_config(tmp_path, fmt):
     summary = export_file(run, out)
     assert summary["format"] == fmt and summary["layout"] == "pre-training"
     assert summary["tensors"] == len(source.state_dict())
-    assert summary["architecture"] == {"embed_dim": 192, "tubelet_size": 2, "patch_size": 14, "depth": 4,
+    assert summary["architecture"] == {"embed_dim": 192, "tubelet_size": 2, "patch_size": 8, "depth": 4,
                                        "mlp_hidden_dim": 768, "decoder_embed_dim": 96, "decoder_depth": 2}
     assert not (tmp_path / f"tiny.{fmt}.tmp").exists()
     state, config = read_weights(out)
@@ -63,10 +71,10 @@ def test_export_format_flag_overrides_suffix(tmp_path):
 
 
 def test_published_layout_loads_strictly_with_wrappers(tmp_path):
-    source = tiny_pretrain(0)
+    source = published_tiny(0)
     torch.save({"model": {f"_orig_mod.{k}": v for k, v in source.state_dict().items()}, "epoch": 3},
                tmp_path / "published.pth")
-    target = tiny_pretrain(1)
+    target = published_tiny(1)
     report = load_weights(target, tmp_path / "published.pth")
     assert len(report.loaded) == len(source.state_dict())
     assert_same(target.state_dict(), source.state_dict())
@@ -102,18 +110,18 @@ def test_checkpoint_folder_and_run_folder_load(tmp_path):
 def test_classifier_feature_extractor_leaves_head_at_init(tmp_path):
     """The published code's hub repos: classifier layout under `model.`, fc_norm but no head, model_config."""
     torch.manual_seed(0)
-    source = vmae2.build_classifier("tiny", 10)
+    source = vmae2.build_classifier("tiny", 10, pos_embed="1d")           # the published code's table
     state = {f"model.{k}": v for k, v in source.state_dict().items() if not k.startswith("head.")}
     from safetensors.torch import save_file
 
     save_file(state, tmp_path / "model.safetensors")
-    model_config = {"img_size": 112, "patch_size": 14, "embed_dim": 192, "depth": 4, "num_heads": 3,
-                    "mlp_ratio": 4, "tubelet_size": 2, "num_frames": 16, "use_mean_pooling": True}
+    model_config = {"img_size": 48, "patch_size": 8, "embed_dim": 192, "depth": 4, "num_heads": 3,
+                    "mlp_ratio": 4, "tubelet_size": 2, "num_frames": 8, "use_mean_pooling": True}
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "VideoMAEv2_Base", "model_config": model_config}))
     state, config = read_weights(tmp_path)
-    assert config == {"model": {"patch_size": 14, "depth": 4, "embed_dim": 192, "num_heads": 3, "tubelet_size": 2,
-                                "num_frames": 16, "img_size": 112, "mlp_hidden_dim": 768}}
-    target = vmae2.build_classifier("tiny", 7)
+    assert config == {"model": {"patch_size": 8, "depth": 4, "embed_dim": 192, "num_heads": 3, "tubelet_size": 2,
+                                "num_frames": 8, "img_size": 48, "mlp_hidden_dim": 768}}
+    target = vmae2.build_classifier("tiny", 7, pos_embed="1d")
     head = target.head.weight.clone()
     report = load_weights(target, tmp_path)
     assert report.initialised == ["head.bias", "head.weight"]
@@ -134,7 +142,7 @@ def test_wrong_preset_names_the_preset_that_fits(tmp_path):
     assert "blocks.0.attn.qkv.weight (1152, 384)" in message
 
     odd = vmae2.build_classifier("tiny", 10, embed_dim=96)
-    with pytest.raises(ValueError, match=r"no preset has width 96, depth 4, patch 14; build the model with "
+    with pytest.raises(ValueError, match=r"no preset has width 96, depth 4, patch 8; build the model with "
                                          r"--set model.embed_dim=96"):
         load_weights(vmae2.build_classifier("tiny", 10), odd.state_dict())
 
@@ -173,7 +181,7 @@ def run_offline(home, code):
 
 def test_hub_uri_resolves_offline_from_the_cache(tmp_path):
     """hf://OWNER/REPO and hf://OWNER/REPO/FILE through huggingface_hub's cache with HF_HUB_OFFLINE=1."""
-    source = tiny_pretrain(0)
+    source = published_tiny(0)                                          # published weights: the 1d table
     torch.save({"model": source.state_dict()}, tmp_path / "expected.pt")
     home = tmp_path / "hf"
     fake_hub_cache(home, "OpenGVLab/VideoMAEv2-Tiny", {
@@ -187,7 +195,7 @@ import torch, vmae2
 from vmae2.weights import export_file, load_weights, read_weights
 expected = torch.load({str(tmp_path / 'expected.pt')!r})["model"]
 for uri in ("hf://OpenGVLab/VideoMAEv2-Tiny", "hf://OpenGVLab/VideoMAEv2-Tiny/vit_tiny_pt.pth"):
-    model = vmae2.build_pretrain_model("tiny")
+    model = vmae2.build_pretrain_model("tiny", pos_embed="1d")
     load_weights(model, uri)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items()), uri
 print(export_file("hf://OpenGVLab/VideoMAEv2-Tiny", {str(tmp_path / 'out.safetensors')!r})["tensors"])
@@ -248,15 +256,16 @@ def test_head_count_checked_against_the_saved_config(tmp_path):
 
 
 def test_the_position_table_is_checked_against_the_saved_config(tmp_path):
-    source = vmae2.build_pretrain_model("tiny", pos_embed="3d")
-    torch.save({"model": source.state_dict(), "config": {"model": dict(TINY_MODEL, pos_embed="3d")}}, tmp_path / "w.pt")
+    source = tiny_pretrain(0)
+    assert source.cfg.pos_embed == TINY_MODEL["pos_embed"] == "3d"
+    torch.save({"model": source.state_dict(), "config": {"model": TINY_MODEL}}, tmp_path / "w.pt")
     with pytest.raises(ValueError, match=r"trained with the 3d position table, the model has 1d; build the model "
                                          r"with --set model.pos_embed=3d"):
-        load_weights(tiny_pretrain(1), tmp_path / "w.pt")
-    load_weights(vmae2.build_pretrain_model("tiny", pos_embed="3d"), tmp_path / "w.pt")
-    torch.save({"model": tiny_pretrain(0).state_dict()}, tmp_path / "published.pth")    # no config: the 1d table
+        load_weights(published_tiny(1), tmp_path / "w.pt")
+    load_weights(tiny_pretrain(1), tmp_path / "w.pt")
+    torch.save({"model": published_tiny(0).state_dict()}, tmp_path / "published.pth")  # no config: the 1d table
     with pytest.raises(ValueError, match=r"trained with the 1d position table, the model has 3d"):
-        load_weights(vmae2.build_classifier("tiny", 10, pos_embed="3d"), tmp_path / "published.pth")
+        load_weights(vmae2.build_classifier("tiny", 10), tmp_path / "published.pth")
 
 
 def test_export_command(tmp_path):
@@ -278,22 +287,23 @@ def test_saved_fixed_position_table_is_dropped_a_learned_one_refused():
     from vmae2.model import sinusoid_table
 
     torch.manual_seed(0)
-    source = vmae2.build_classifier("tiny", 10)
-    state = dict(source.state_dict(), pos_embed=sinusoid_table(512, 192))
-    target = vmae2.build_classifier("tiny", 10)
+    source = vmae2.build_classifier("tiny", 10, pos_embed="1d")           # a published export: the 1d table
+    assert source.cfg.num_patches == 144
+    state = dict(source.state_dict(), pos_embed=sinusoid_table(144, 192))
+    target = vmae2.build_classifier("tiny", 10, pos_embed="1d")
     report = load_weights(target, state)
     assert "pos_embed: the fixed sinusoid table" in str(report)
     assert_same(target.state_dict(), source.state_dict())
-    state["pos_embed"] = sinusoid_table(512, 192) + 0.01
-    with pytest.raises(ValueError, match=r"pos_embed \(1, 512, 192\) is not the fixed 1-D sinusoid table"):
+    state["pos_embed"] = sinusoid_table(144, 192) + 0.01
+    with pytest.raises(ValueError, match=r"pos_embed \(1, 144, 192\) is not the fixed 1-D sinusoid table"):
         load_weights(target, state)
 
 
 def test_head_rows_from_a_json_list(tmp_path):
     torch.manual_seed(0)
-    big = vmae2.build_classifier("tiny", 710)
+    big = vmae2.build_classifier("tiny", 710, pos_embed="1d")           # published K710 weights: the 1d table
     (tmp_path / "label_710to400.json").write_text(json.dumps([7, 3, 700]))
-    small = vmae2.build_classifier("tiny", 3)
+    small = vmae2.build_classifier("tiny", 3, pos_embed="1d")
     load_weights(small, {"model": big.state_dict()}, head_rows=tmp_path / "label_710to400.json")
     assert torch.equal(small.head.weight, big.head.weight[[7, 3, 700]])
     (tmp_path / "bad.json").write_text('["a"]')

@@ -94,12 +94,12 @@ def plan(shards: Path, dry_run: bool) -> list[Part]:
     """The parts in run order, sized for a GPU (about 525 s in all) or, with dry_run, for a CPU."""
     test_file = str(ROOT / "tests" / "test_gpu.py")
     if dry_run:
-        toy = ["--presets", "tiny", "--model", "img_size=56", "--model", "num_frames=8", "--batch", "2",
+        toy = ["--presets", "tiny", "--model", "img_size=32", "--model", "num_frames=8", "--batch", "2",
                "--warmup", "1"]
         step = [*toy, "--ratios", "0,0.5", "--repeats", "2"]
         big = [*toy, "--ratios", "0.5", "--repeats", "1"]
         distill = [*toy, "--distill-teacher", "tiny", "--repeats", "2"]
-        e2e = ["--data", str(shards / "vp9-bench"), "--preset", "tiny", "--steps", "4", "--set", "model.img_size=56",
+        e2e = ["--data", str(shards / "vp9-bench"), "--preset", "tiny", "--steps", "4", "--set", "model.img_size=32",
                "--set", "batch_videos_per_gpu=1", "--set", "num_sample=2", "--set", "loader_threads=1"]
     else:
         step = ["--presets", "vit_b,vit_l", "--ratios", "0,0.5", "--batch", "128", "--warmup", "3", "--repeats", "5"]
