@@ -4,8 +4,9 @@ from that, and compare with the same fine-tuning from scratch, all on held-out v
     python -m bench.finetune --out /tmp/vmae2-finetune [--per-class 16] [--val-per-class 16] [--style plain]
 
 The set is the glyph set (`vmae2-shard synth --kind glyphs`, label glyph: 10 classes, a large digit moving
-over a plain background; --style plain draws every digit upright in one weight), VP9; training and held-out videos are disjoint seeds. The three runs are the CLI
-commands themselves, with no --set or --steps (the presets' own recipes):
+over a plain background; --style plain draws every digit upright in one weight), VP9; training and
+held-out videos are disjoint seeds. The three runs are the CLI commands themselves, with no --set or
+--steps (the presets' own recipes):
 
     vmae2-train pretrain --preset tiny --data TRAIN --out OUT/pretrain
     vmae2-train finetune --preset tiny --data TRAIN --val-data VAL --init OUT/pretrain --out OUT/finetune

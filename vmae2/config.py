@@ -281,16 +281,16 @@ _B = {"k400": _script(16, 7e-4, 90, 0.75, 0.1), "k710": _script(16, 7e-4, 90, 0.
 _B_DISTILL = {"k710_distill": _script(16, 7e-4, 90, 0.75, 0.1, temperature=1.0, alpha=0.0)}
 
 PRESETS: dict[str, Preset] = {
-    # tiny: the CPU preset. 8 frames of 48x48 with patch 8 give a 4x6x6 token grid (144 tokens: a 10 % visible
-    # share of 14 tubes) and the factorised 3-D position table; its target is the pixels, not the per-patch
-    # normalised pixels of the ViT presets (on the synthetic sets' flat, lightly noisy backgrounds a
-    # normalised patch is mostly noise and pre-training ends at the best constant patch).
+    # tiny: the CPU preset. 8 frames of 48x48 with patch 8 give a 4x6x6 token grid (144 tokens; the encoder
+    # sees 4 of the 36 positions, 16 tokens) and the factorised 3-D position table; its target is the pixels,
+    # not the per-patch normalised pixels of the ViT presets (on the synthetic sets' flat, lightly noisy
+    # backgrounds a normalised patch is mostly noise and pre-training ends at the best constant patch).
     # Pre-training: 4 videos x 4 crops per step, frame stride 2, peak lr 1.5e-3, 10,000 steps.
     # Fine-tuning (synth): 16 videos x 2 clips per step at peak lr 1e-3, 120 epochs, layer decay 0.5, crops of
     # 0.5-1 of the frame, no flip, RandAugment, mixup/cutmix, erasing or label smoothing (on 160 videos they
     # only add noise), and each clip's colour channels permuted and, half the time, inverted: with about 16
     # videos per class, a clip's colours name the video, and a ViT fits them instead of the shape
-    # (bench/reports/cpu/tiny-recipes.md measures the recipe pair against fine-tuning from scratch).
+    # (bench/reports/cpu/finetune.md measures the recipe pair against fine-tuning from scratch).
     "tiny": Preset(
         ModelConfig(patch_size=8, depth=4, embed_dim=192, num_heads=3, mlp_hidden_dim=768, decoder_depth=2,
                     decoder_embed_dim=96, decoder_num_heads=3, num_frames=8, img_size=48, pos_embed="3d",
