@@ -127,14 +127,19 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def check_resume_config(saved: dict, current: dict, path, defaults: dict | None = None) -> None:
+def field_defaults(config_class) -> dict:
+    """A config dataclass's plain field defaults (fields with a factory or no default are left out)."""
+    return {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+
+
+def check_resume_config(saved: dict, current: dict, path, config_class=None) -> None:
     """Refuse a resume whose settings changed. A key added since the checkpoint was written takes its default
-    there (that is what the checkpoint's run used): model keys ModelConfig's, others `defaults`' (the run
-    config class's field defaults)."""
-    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
+    there (that is what the checkpoint's run used): model keys ModelConfig's, others `config_class`'s (the
+    run's config class; None: a missing run key counts as changed)."""
+    if config_class is not None:
+        saved = {**field_defaults(config_class), **saved}
     if isinstance(saved.get("model"), dict):
-        model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
-        saved = {**saved, "model": {**model, **saved["model"]}}
+        saved = {**saved, "model": {**field_defaults(ModelConfig), **saved["model"]}}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
@@ -208,8 +213,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv, loader, task) -> dict:
     step, config = 0, json.loads(config_text(cfg))
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-        check_resume_config(json.loads((latest / "config.json").read_text()), config, latest, defaults)
+        check_resume_config(json.loads((latest / "config.json").read_text()), config, latest, type(cfg))
         meta, rank_state = checkpoint.load(latest, model, optimizer, env, extra)
         step = meta["step"]
         checkpoint.set_rng_state(rank_state["rng"], env.device)
