@@ -75,7 +75,9 @@ def markdown(report: dict) -> str:
              f"Data: the glyph set ({cfg.get('style', 'varied')} digits, label glyph, 10 classes, chance 10 %), "
              f"{cfg['per_class']} training videos per "
              f"class ({cfg['per_class'] * 10}; pre-training uses them without labels) and {cfg['val_per_class']} "
-             f"held-out videos per class; VP9. Each row is one command, exactly as below (no --set, no --steps).", "",
+             f"held-out videos per class (seeds {cfg.get('train_seed', TRAIN_SEED)} and "
+             f"{cfg.get('val_seed', VAL_SEED)}); VP9. Each row is one command, exactly as below (no --set, no "
+             "--steps).", "",
              "| run | command | steps | wall | held-out top-1 (%) |", "|---|---|---|---|---|"]
     for r in rows:
         top1 = f"{r['top1']:.1f} ± {r['top1_se']:.1f}" if "top1" in r else "–"
@@ -89,16 +91,20 @@ def markdown(report: dict) -> str:
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--out", default="/tmp/vmae2-finetune", show_default=True, type=click.Path(file_okay=False),
               help="Folder for shards and runs (complete runs are kept and not rerun).")
-@click.option("--per-class", default=16, show_default=True, help="Training videos per class (seed 11).")
-@click.option("--val-per-class", default=16, show_default=True, help="Held-out videos per class (seed 12).")
+@click.option("--per-class", default=16, show_default=True, help="Training videos per class.")
+@click.option("--val-per-class", default=16, show_default=True, help="Held-out videos per class.")
+@click.option("--train-seed", default=TRAIN_SEED, show_default=True, help="Seed of the training videos.")
+@click.option("--val-seed", default=VAL_SEED, show_default=True, help="Seed of the held-out videos (not the same).")
 @click.option("--style", type=click.Choice(["plain", "varied"]), default="plain", show_default=True,
               help="How the digits are drawn (vmae2-shard synth --style).")
 @click.option("--report-dir", default=str(REPORT_DIR), show_default=True, help="Where finetune.{json,md} go.")
-def main(out, per_class, val_per_class, style, report_dir):
+def main(out, per_class, val_per_class, train_seed, val_seed, style, report_dir):
+    if train_seed == val_seed:
+        raise click.BadParameter("the held-out videos need a seed of their own", param_hint="--val-seed")
     out = Path(out)
     env = environment()
-    train = shards(out, "train", 10 * per_class, TRAIN_SEED, style)
-    val = shards(out, "val", 10 * val_per_class, VAL_SEED, style)
+    train = shards(out, "train", 10 * per_class, train_seed, style)
+    val = shards(out, "val", 10 * val_per_class, val_seed, style)
     runs = [("pretrain", ["pretrain", "--preset", "tiny", "--data", str(train), "--out", str(out / "pretrain")]),
             ("pre-trained", ["finetune", "--preset", "tiny", "--data", str(train), "--val-data", str(val),
                              "--init", str(out / "pretrain"), "--out", str(out / "finetune")]),
@@ -110,7 +116,8 @@ def main(out, per_class, val_per_class, style, report_dir):
         wall = run_command(args, run_dir)
         rows.append(row_of(name, run_dir, wall, "vmae2-train " + " ".join(args)))
     report = {"bench": "finetune", "env": env, "rows": rows,
-              "config": {"per_class": per_class, "val_per_class": val_per_class, "style": style}}
+              "config": {"per_class": per_class, "val_per_class": val_per_class, "style": style,
+                         "train_seed": train_seed, "val_seed": val_seed}}
     click.echo(write_json_and_report(Path(report_dir) / "finetune.json", report, markdown(report)))
 
 
