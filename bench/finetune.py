@@ -2,6 +2,7 @@
 from that, and compare with the same fine-tuning from scratch, all on held-out videos.
 
     python -m bench.finetune --out /tmp/vmae2-finetune [--per-class 16] [--val-per-class 16] [--style plain]
+        [--train-seed 11] [--val-seed 12]
 
 The set is the glyph set (`vmae2-shard synth --kind glyphs`, label glyph: 10 classes, a large digit moving
 over a plain background; --style plain draws every digit upright in one weight), VP9; training and
