@@ -286,7 +286,7 @@ PRESETS: dict[str, Preset] = {
     # not the per-patch normalised pixels of the ViT presets (on the synthetic sets' flat, lightly noisy
     # backgrounds a normalised patch is mostly noise and pre-training ends at the best constant patch).
     # Pre-training: 4 videos x 4 crops per step, frame stride 2, peak lr 1.5e-3, 10,000 steps.
-    # Fine-tuning (synth): 16 videos x 2 clips per step at peak lr 2e-3, 80 epochs, layer decay 0.5, crops of
+    # Fine-tuning (synth): 16 videos x 2 clips per step at peak lr 2e-3, 100 epochs, layer decay 0.5, crops of
     # 0.5-1 of the frame, no flip, RandAugment, mixup/cutmix, erasing or label smoothing (on 160 videos they
     # only add noise), and each clip's colour channels permuted and, half the time, inverted: with about 16
     # videos per class, a clip's colours name the video, and a ViT fits them instead of the shape
@@ -297,7 +297,7 @@ PRESETS: dict[str, Preset] = {
                     normalize_target=False),
         pretrain=dict(total_steps=10000, base_lr=0.096, min_lr_base=0.00064, batch_videos_per_gpu=4,
                       frame_stride=2, log_every=10, save_every=1000, loader_threads=2),
-        finetune={"synth": dict(batch_videos_per_gpu=16, base_lr=0.032, min_lr_base=1.6e-5, epochs=80,
+        finetune={"synth": dict(batch_videos_per_gpu=16, base_lr=0.032, min_lr_base=1.6e-5, epochs=100,
                                 total_steps=0, warmup_fraction=0.1, layer_decay=0.5, drop_path=0.0,
                                 label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, rand_augment="",
                                 random_erase_prob=0.0, crop_scale_min=0.5, flip=False, colour_permute_prob=1.0,
