@@ -42,6 +42,19 @@ def shards(out: Path, name: str, videos: int, seed: int, style: str) -> Path:
     return path
 
 
+def check_same_data(out: Path, data: dict) -> None:
+    """Refuse an --out whose kept runs were made on other data; record the data of a new one."""
+    record = out / "data.json"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != data:
+            raise click.ClickException(f"{out} holds runs on other data ({record}: {before}, asked: {data}); "
+                                       "give a new --out, or the same options as before")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def run_command(args: list[str], run_dir: Path) -> float:
     """Run `vmae2-train ARGS` (unless run_dir already holds its summary); its wall time in seconds."""
     timing = run_dir.parent / f"{run_dir.name}.wall_s"
@@ -103,6 +116,9 @@ def main(out, per_class, val_per_class, train_seed, val_seed, style, report_dir)
     if train_seed == val_seed:
         raise click.BadParameter("the held-out videos need a seed of their own", param_hint="--val-seed")
     out = Path(out)
+    data = {"per_class": per_class, "val_per_class": val_per_class, "style": style,
+            "train_seed": train_seed, "val_seed": val_seed}
+    check_same_data(out, data)
     env = environment()
     train = shards(out, "train", 10 * per_class, train_seed, style)
     val = shards(out, "val", 10 * val_per_class, val_seed, style)
@@ -117,8 +133,7 @@ def main(out, per_class, val_per_class, train_seed, val_seed, style, report_dir)
         wall = run_command(args, run_dir)
         rows.append(row_of(name, run_dir, wall, "vmae2-train " + " ".join(args)))
     report = {"bench": "finetune", "env": env, "rows": rows,
-              "config": {"per_class": per_class, "val_per_class": val_per_class, "style": style,
-                         "train_seed": train_seed, "val_seed": val_seed}}
+              "config": data}
     click.echo(write_json_and_report(Path(report_dir) / "finetune.json", report, markdown(report)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -111,6 +112,14 @@ def test_finetune_bench_reports_each_command_and_the_gain():
     md = finetune_bench.markdown({"env": env, "rows": rows, "config": {"per_class": 16, "val_per_class": 16}})
     assert "| pre-trained | `vmae2-train finetune --preset tiny --init P` | 400 | 5.0 min | 60.0 ± 3.9 |" in md
     assert "Pre-trained minus scratch: +45.0 ± 4.8 points" in md and "took 15.0 min" in md
+
+
+def test_finetune_bench_refuses_an_out_whose_runs_were_made_on_other_data(tmp_path):
+    data = {"per_class": 16, "val_per_class": 16, "style": "plain", "train_seed": 11, "val_seed": 12}
+    finetune_bench.check_same_data(tmp_path, data)
+    finetune_bench.check_same_data(tmp_path, dict(data))  # the same data again: its kept runs are reused
+    with pytest.raises(click.ClickException, match="data.json.*new --out"):
+        finetune_bench.check_same_data(tmp_path, dict(data, train_seed=21))
 
 
 def test_the_held_out_reconstruction_baselines_on_a_model_that_knows_nothing(tmp_path):
