@@ -15,7 +15,8 @@ held-out videos are disjoint seeds. The three runs are the CLI commands themselv
 
 Writes bench/reports/cpu/finetune.{json,md}: held-out top-1 with its binomial standard error (the recipe's
 test views), the wall time of each command, and their sum. A command whose run folder is complete is not
-rerun; the hand-written notes below the marker survive reruns.
+rerun (OUT/data.json records the data options, and an OUT made with other ones is refused); the
+hand-written notes below the marker survive reruns.
 """
 from __future__ import annotations
 
