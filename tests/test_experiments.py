@@ -140,6 +140,24 @@ def test_the_held_out_reconstruction_baselines_on_a_model_that_knows_nothing(tmp
     assert result["model"] == pytest.approx(result["zero"], rel=1e-5)
     assert result["per_position"] <= result["constant"] <= result["zero"]
     assert result["clips"] == 8
+    assert result["detail"] == pytest.approx(0.0, abs=1e-6)                    # flat patches draw no detail
+    assert 0 < result["patch_mean"] < result["per_position"]
+
+    class Oracle(torch.nn.Module):
+        """Predicts every query token as the clip's own pixels: all of the detail, a loss of 0."""
+
+        def forward(self, video, masks):
+            from vmae2.model import normalize_video
+
+            patches = model.patchify(normalize_video(video)[0])
+            query = masks["query_idx"]
+            pred = torch.gather(patches, 1, query[:, :, None, None].expand(-1, -1, *patches.shape[2:]))
+            return torch.zeros(()), pred.flatten(2)
+
+        patchify = staticmethod(model.patchify)
+
+    result = probe.recon_baselines(Oracle(), str(data), cfg, batches=2)
+    assert result["detail"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_the_smooth_image_check_trains_and_scores_against_the_clip_mean():

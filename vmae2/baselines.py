@@ -17,6 +17,13 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
     patch for each token position (the mean target there), fitted on these same clips, so it is an
     optimistic baseline; zero: predicting 0 (with the normalised target that is each patch's own mean, 1.0 by
     construction; with the pixel target, black). Targets are the model's own (cfg.model.normalize_target).
+
+    Two more say whether the model draws what is inside a patch or only its average colour: patch_mean, the
+    loss of an oracle that predicts each loss token as its own true mean (per channel), which is all that a
+    model drawing flat patches could reach; detail, the share of that within-patch variance (edges, strokes,
+    gradients about each patch's mean) that the model's prediction recovers: 1 - |(pred - its mean) - (target
+    - its mean)|^2 / |target - its mean|^2 over the loss tokens. A model drawing flat patches scores 0, a
+    perfect one 1; below 0 its structure is worse than none.
     """
     import dali_pipes
     from vmae2.model import normalize_video, token_stats
@@ -24,11 +31,12 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
 
     model.eval()
     losses, targets, positions = [], [], []
+    detail_err, detail_var = 0.0, 0.0
     loader = dali_pipes.pretrain_loader(data, cfg.batch_videos_per_gpu, sampling_config(cfg), device="cpu",
                                         seed=seed, num_threads=cfg.loader_threads)
     try:
         for batch, _ in zip(loader, range(batches)):
-            loss, _ = model(batch["video"], batch["masks"])
+            loss, pred = model(batch["video"], batch["masks"])
             losses.append(float(loss))
             pixels, _ = normalize_video(batch["video"])
             patches = model.patchify(pixels)                                       # (B, N, 2pp, 3)
@@ -38,6 +46,12 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
                 mean, std = token_stats(picked, cfg.model.target_eps)
                 picked = (picked - mean) / std
             targets.append(picked.flatten(2))                                      # (B, N_loss, 2pp·3)
+            B, n_loss, P, C = picked.shape
+            loss_idx = batch["masks"]["loss_idx"].to(pred.device)
+            guess = torch.gather(pred.float().reshape(B, -1, P, C), 1, loss_idx[:, :, None, None].expand(-1, -1, P, C))
+            about_mean = picked - picked.mean(2, keepdim=True)
+            detail_err += float((guess - guess.mean(2, keepdim=True) - about_mean).pow(2).sum())
+            detail_var += float(about_mean.pow(2).sum())
             positions.append(token_idx)
     finally:
         loader.close()
@@ -47,5 +61,7 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
     counts = torch.zeros(cfg.model.num_patches).index_add_(0, flat_where, torch.ones(len(flat_where)))
     per_position = (flat - (sums / counts.clamp(min=1)[:, None])[flat_where]).pow(2).mean()
     return {"model": float(np.mean(losses)), "constant": float((flat - flat.mean(0)).pow(2).mean()),
-            "per_position": float(per_position), "zero": float(flat.pow(2).mean()), "clips": int(target.shape[0]),
+            "per_position": float(per_position), "zero": float(flat.pow(2).mean()),
+            "patch_mean": detail_var / flat.numel(), "detail": 1.0 - detail_err / max(detail_var, 1e-12),
+            "clips": int(target.shape[0]),
             "loss_tokens": int(flat.shape[0])}
