@@ -26,7 +26,7 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
     perfect one 1; below 0 its structure is worse than none.
     """
     import dali_pipes
-    from vmae2.model import normalize_video, token_stats
+    from vmae2.model import gather_tokens, normalize_video, token_stats
     from vmae2.tasks import sampling_config
 
     model.eval()
@@ -46,9 +46,7 @@ def recon_baselines(model, data: str, cfg, batches: int = 16, seed: int = 1234) 
                 mean, std = token_stats(picked, cfg.model.target_eps)
                 picked = (picked - mean) / std
             targets.append(picked.flatten(2))                                      # (B, N_loss, 2pp·3)
-            B, n_loss, P, C = picked.shape
-            loss_idx = batch["masks"]["loss_idx"].to(pred.device)
-            guess = torch.gather(pred.float().reshape(B, -1, P, C), 1, loss_idx[:, :, None, None].expand(-1, -1, P, C))
+            guess = gather_tokens(pred, batch["masks"]["loss_idx"].to(pred.device)).float().reshape(picked.shape)
             about_mean = picked - picked.mean(2, keepdim=True)
             detail_err += float((guess - guess.mean(2, keepdim=True) - about_mean).pow(2).sum())
             detail_var += float(about_mean.pow(2).sum())
