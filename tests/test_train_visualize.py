@@ -56,3 +56,15 @@ def test_decoding_every_masked_token_leaves_no_grey_and_frames_are_enlarged(tmp_
     assert not (recon == GREY).flatten(2).all(dim=2).any()
     with Image.open(render_png(images, tmp_path / "r.png", num_frames=3)) as png:
         assert png.size[1] >= 2 * 3 * 192                         # 32-pixel frames drawn at least 192 high
+
+
+def test_a_clip_shorter_than_the_columns_asked_for_is_drawn_once_per_frame(tmp_path):
+    from PIL import Image
+
+    def width(num_clip_frames, num_frames):
+        images = {name: np.zeros((1, num_clip_frames, 16, 16, 3), np.float32)
+                  for name in ("original", "masked", "reconstruction")}
+        with Image.open(render_png(images, tmp_path / f"{num_clip_frames}-{num_frames}.png", num_frames)) as png:
+            return png.size[0]
+
+    assert width(2, 4) == width(2, 2) == width(8, 2) < width(8, 4)   # 2 frames: 2 columns, not a frame twice

@@ -56,14 +56,16 @@ def reconstruct(model: VideoMAEv2, video: torch.Tensor, masks: dict) -> dict[str
 
 
 def render_png(images: dict[str, np.ndarray], out, num_frames: int = 4, scale: int | None = None) -> Path:
-    """Rows per clip: original / masked / reconstruction; columns: evenly spaced frames. Frames are enlarged
-    `scale` times (by default to at least 192 pixels high, at least 2x)."""
+    """Rows per clip: original / masked / reconstruction; columns: `num_frames` evenly spaced frames (every
+    frame of a shorter clip, none twice). Frames are enlarged `scale` times (by default to at least 192 pixels
+    high, at least 2x)."""
     from PIL import Image, ImageDraw
 
     rows = ("original", "masked", "reconstruction")
     B, T, H, W, _ = images["original"].shape
     scale = scale or max(2, -(-192 // H))
-    frames = np.linspace(0, T - 1, num_frames).round().astype(int)
+    frames = np.linspace(0, T - 1, min(num_frames, T)).round().astype(int)
+    num_frames = len(frames)
     label_w, gap = 100, 4
     h, w = H * scale, W * scale
     canvas = Image.new("RGB", (label_w + num_frames * (w + gap), B * len(rows) * (h + gap) + gap * B), "white")
