@@ -225,13 +225,16 @@ def extract(weights, data, out, preset, window, step, frame_stride, size, compat
 @click.option("--steps", type=int, default=3000, show_default=True, help="pre-training steps")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="pre-training config override, applied after the demo's own (vmae2/demo.py DEMO_SETS)")
-def demo(out, num_videos, held_out_videos, steps, sets):
+@click.option("--v2-masking", is_flag=True,
+              help="V2's masking instead of the demo's: 8 frames, the encoder sees 10 %, the decoder half the rest "
+                   "(in these minutes it draws patch means, a blur)")
+def demo(out, num_videos, held_out_videos, steps, sets, v2_masking):
     """CPU demo: glyph shards → pre-training of `tiny` → held-out loss against baselines → reconstruction PNG."""
     from .demo import run_demo
 
     with user_errors():
         _print_summary(run_demo(out, num_videos=num_videos, steps=steps, sets=sets,
-                                held_out_videos=held_out_videos))
+                                held_out_videos=held_out_videos, v2_masking=v2_masking))
 
 
 @main.command()
