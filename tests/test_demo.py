@@ -21,8 +21,8 @@ def test_demo_beats_the_per_position_baseline_on_held_out_clips(tmp_path):
     assert result["per_position_baseline"] <= result["constant_baseline"]
     assert result["held_out_loss"] <= 0.8 * result["per_position_baseline"]
     assert result["final_loss"] < 0.5 * result["first_loss"]
-    # 2 clips x (original, masked, reconstruction) x the demo's 2 frames of 48x48, laid out by render_png.
-    blank = {name: np.zeros((2, 2, 48, 48, 3), np.float32) for name in ("original", "masked", "reconstruction")}
+    # 4 clips x (original, masked, reconstruction) x the demo's 2 frames of 48x48, laid out by render_png.
+    blank = {name: np.zeros((4, 2, 48, 48, 3), np.float32) for name in ("original", "masked", "reconstruction")}
     expected = Image.open(render_png(blank, tmp_path / "expected.png", num_frames=2)).size
     with Image.open(result["png"]) as png:
         assert png.size == expected

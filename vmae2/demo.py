@@ -76,7 +76,7 @@ def run_demo(out, num_videos: int = DEMO_VIDEOS, steps: int | None = DEMO_STEPS,
     torch.manual_seed(0)
     scores = recon_baselines(model, str(held_out), cfg, batches=max(1, held_out_videos // cfg.batch_videos_per_gpu))
     print("4/4 reconstructions of held-out clips")
-    png = visualize(out / "run", held_out, out / "recon.png", num_clips=2, num_frames=4)
+    png = visualize(out / "run", held_out, out / "recon.png", num_clips=min(4, held_out_videos), num_frames=4)
     result = {"shards": str(shards), "held_out": str(held_out), "run": str(out / "run"), "png": str(png),
               "first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"], "first_step": rows[0]["step"],
               "final_step": rows[-1]["step"], "steps": summary["steps"], "held_out_loss": scores["model"],
