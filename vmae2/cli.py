@@ -226,8 +226,8 @@ def extract(weights, data, out, preset, window, step, frame_stride, size, compat
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="pre-training config override, applied after the demo's own (vmae2/demo.py DEMO_SETS)")
 @click.option("--v2-masking", is_flag=True,
-              help="V2's masking instead of the demo's: 8 frames, the encoder sees 10 %, the decoder half the rest "
-                   "(in these minutes it draws patch means, a blur)")
+              help="V2's masking instead of the demo's: 8 frames, the encoder sees 7 of 64 positions, the decoder "
+                   "half the rest (in these minutes it draws patch means, a blur)")
 def demo(out, num_videos, held_out_videos, steps, sets, v2_masking):
     """CPU demo: glyph shards → pre-training of `tiny` → held-out loss against baselines → reconstruction PNG."""
     from .demo import run_demo

@@ -12,7 +12,7 @@ The demo is sized so that a few CPU minutes draw the digits' strokes inside mask
 2 frames of 48x48 (one time slice of tubelets) with patch 6 (an 8x8 token grid), the encoder seeing 75 % of
 the positions and the decoder reconstructing every one it did not see, 3,000 steps of 4 videos x 4 crops at peak
 lr 3e-3. At V2's own ratios (8 frames, 90 % tube masking, running-cell masking of half the rest) the same
-minutes draw patch means, a blur: the visible 10 % leaves the digit's shape open (README).
+minutes draw patch means, a blur: the 7 visible positions of 64 leave the digit's shape open (README).
 """
 from __future__ import annotations
 
